@@ -1,0 +1,200 @@
+"""The public sampling functions: validate, pick the backend once, delegate.
+
+Every backend module defines the same functions (``asarray``, ``as_key``, ``greedy``,
+``sample``, ``process_logits``, ``probs``) and holds array code only. Each returns its result
+with a per-row status code; concrete bad rows are reported here, in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from agnostic_sampling import _dispatch
+from agnostic_sampling._dispatch import is_jax_array, is_tracer
+from agnostic_sampling._params import SamplingParams, resolve_params, validate_params
+
+__all__ = ["greedy", "probs", "process_logits", "sample"]
+
+# Per-row status codes returned by every backend function.
+ROW_OK, ROW_NAN, ROW_POSINF, ROW_NO_FINITE = 0, 1, 2, 3
+_ROW_PROBLEMS = {
+    ROW_NAN: "contains NaN; logits must be finite or -inf",
+    ROW_POSINF: "contains +inf; logits must be finite or -inf",
+    ROW_NO_FINITE: "has no finite logit, so there is nothing to sample",
+}
+
+
+def _prepare(logits: Any, backend: str | None) -> tuple[Any, Any]:
+    """Pick the backend and check the logits' dtype and shape (pure metadata, no array pass)."""
+    name = _dispatch.backend_name(logits, backend)
+    module = _dispatch.get_backend(name)
+    array = module.asarray(logits)
+    dtype = np.dtype(array.dtype)
+    if not (np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"):
+        raise TypeError(f"logits must be a floating-point array, got dtype {dtype}")
+    if array.ndim == 0:
+        raise ValueError("logits must have at least one dimension (..., V), got a scalar")
+    if array.shape[-1] == 0:
+        raise ValueError(f"logits must have a vocabulary of at least one token, got shape {array.shape}")
+    return module, array
+
+
+def _check_key(key: Any, module: Any, array: Any) -> Any:
+    """Turn ``key`` into the backend's random state, refusing the other backend's keys."""
+    name = module.__name__.rsplit(".", 1)[-1]
+    why = (
+        f"the {name} backend was chosen because logits is a {type(array).__module__}."
+        f"{type(array).__name__}"
+    )
+    if name == "numpy" and is_jax_array(key):
+        raise TypeError(
+            f"key is a JAX key but {why}; pass a numpy.random.Generator, an int or a "
+            "SeedSequence, or JAX logits (or backend='jax')"
+        )
+    if name == "jax" and isinstance(key, (np.random.Generator, np.random.SeedSequence)):
+        raise TypeError(
+            f"key is a {type(key).__name__} but {why}; pass a jax.random.key, a PRNGKey or an int"
+        )
+    return module.as_key(key)
+
+
+def _raise_bad_rows(status: Any, shape: tuple[int, ...]) -> None:
+    """Report the first bad row of a concrete status array (skipped under tracing)."""
+    if is_tracer(status):
+        return
+    status = np.asarray(status)
+    if not status.any():
+        return
+    flat = int(np.argmax(status.reshape(-1) != ROW_OK))
+    code = int(status.reshape(-1)[flat])
+    batch = shape[:-1]
+    row = np.unravel_index(flat, batch) if batch else ()
+    where = f"row {tuple(int(i) for i in row)}" if len(row) > 1 else (f"row {int(row[0])}" if row else "the logits")
+    raise ValueError(f"logits {where} {_ROW_PROBLEMS[code]}")
+
+
+def _params(params: SamplingParams | None, batch_shape: tuple[int, ...], **keywords: Any) -> SamplingParams:
+    resolved = resolve_params(params, **keywords)
+    validate_params(resolved, batch_shape)
+    return resolved
+
+
+def sample(
+    key: Any,
+    logits: Any,
+    *,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    min_keep: Any = 1,
+    params: SamplingParams | None = None,
+    backend: str | None = None,
+) -> Any:
+    """Draw one token id per row from the processed distribution of ``logits``.
+
+    The pipeline is temperature, top-k, top-p, min-p (SPEC section 3), each step optional and
+    each parameter a scalar or a per-row array. The draw is exact: a token outside the kept set
+    is never returned.
+
+    Args:
+        key: NumPy backend: a ``numpy.random.Generator``, an ``int`` seed or a ``SeedSequence``.
+            JAX backend: a ``jax.random.key``, a legacy ``PRNGKey``, an ``int``, or one key per row.
+        logits: array of shape ``(..., V)``, float16, bfloat16, float32 or float64.
+        temperature: ``0`` makes a row greedy; ``1`` leaves it unchanged.
+        top_k: keep the ``k`` most likely tokens and all tokens tied with the k-th; ``0`` disables.
+        top_p: keep the smallest set whose mass reaches ``p``, with ties; ``1`` disables.
+        min_p: keep tokens with probability at least ``min_p`` times the largest; ``0`` disables.
+        min_keep: no truncation step leaves fewer than this many tokens.
+        params: a `SamplingParams` instead of the keywords above (not both).
+        backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``logits``.
+
+    Returns:
+        Token ids of shape ``logits.shape[:-1]``: int64 on NumPy, int32 on JAX.
+
+    Example:
+        >>> import numpy as np, agnostic_sampling as smp
+        >>> logits = np.array([[2.0, 1.0, -1.0], [0.0, 3.0, 0.0]], np.float32)
+        >>> smp.sample(0, logits, top_k=1).tolist()
+        [0, 1]
+    """
+    module, array = _prepare(logits, backend)
+    resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, min_keep=min_keep)
+    rng = _check_key(key, module, array)
+    ids, status = module.sample(rng, array, resolved)
+    _raise_bad_rows(status, array.shape)
+    return ids
+
+
+def greedy(logits: Any, *, backend: str | None = None) -> Any:
+    """The most likely token of each row (the first index on ties).
+
+    Example:
+        >>> import numpy as np, agnostic_sampling as smp
+        >>> smp.greedy(np.array([[1.0, 3.0, 3.0], [5.0, 0.0, 1.0]])).tolist()
+        [1, 0]
+    """
+    module, array = _prepare(logits, backend)
+    ids, status = module.greedy(array)
+    _raise_bad_rows(status, array.shape)
+    return ids
+
+
+def process_logits(
+    logits: Any,
+    *,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    min_keep: Any = 1,
+    params: SamplingParams | None = None,
+    backend: str | None = None,
+) -> Any:
+    """The tempered logits with ``-inf`` outside the kept set (same shape as ``logits``).
+
+    Each row is shifted by its maximum before dividing by the temperature, so the most likely
+    token has logit 0. A greedy row (``temperature=0``) is 0 at its argmax and ``-inf`` elsewhere.
+
+    Example:
+        >>> import numpy as np, agnostic_sampling as smp
+        >>> smp.process_logits(np.array([3.0, 1.0, 2.0]), top_k=2).tolist()
+        [0.0, -inf, -1.0]
+    """
+    module, array = _prepare(logits, backend)
+    resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, min_keep=min_keep)
+    out, status = module.process_logits(array, resolved)
+    _raise_bad_rows(status, array.shape)
+    return out
+
+
+def probs(
+    logits: Any,
+    *,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    min_keep: Any = 1,
+    params: SamplingParams | None = None,
+    backend: str | None = None,
+) -> Any:
+    """The distribution that `sample` draws from: ``softmax(process_logits(logits, ...))``.
+
+    Returned as float32 (float64 for float64 input), zero outside the kept set.
+
+    Example:
+        >>> import numpy as np, agnostic_sampling as smp
+        >>> smp.probs(np.log(np.array([0.5, 0.3, 0.2])), top_p=0.6).round(3).tolist()
+        [0.625, 0.375, 0.0]
+    """
+    module, array = _prepare(logits, backend)
+    resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, min_keep=min_keep)
+    out, status = module.probs(array, resolved)
+    _raise_bad_rows(status, array.shape)
+    return out

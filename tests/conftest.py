@@ -1,0 +1,96 @@
+"""One backend fixture parametrises the suite: NumPy, JAX eagerly, and JAX under ``jax.jit``."""
+
+from __future__ import annotations
+
+import importlib.util
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+
+import agnostic_sampling as smp
+
+HAVE_JAX = importlib.util.find_spec("jax") is not None
+
+
+class Backend:
+    """How a test talks to one backend: arrays in, NumPy results out."""
+
+    def __init__(self, name: str, jitted: bool = False):
+        self.name = name
+        self.jitted = jitted
+        self.id = name + ("-jit" if jitted else "")
+
+    def array(self, x: Any) -> Any:
+        if self.name == "numpy":
+            return np.asarray(x)
+        import jax.numpy as jnp
+
+        return jnp.asarray(x)
+
+    def key(self, seed: int) -> Any:
+        if self.name == "numpy":
+            return np.random.default_rng(seed)
+        import jax
+
+        return jax.random.key(seed)
+
+    def _call(self, fn: Any, *args: Any, **kw: Any) -> np.ndarray:
+        args = tuple(self.array(a) if isinstance(a, np.ndarray) else a for a in args)
+        if not self.jitted:
+            return np.asarray(fn(*args, **kw))
+        import jax
+
+        params = smp.SamplingParams(**kw) if kw else smp.SamplingParams()
+        return np.asarray(jax.jit(lambda *a: fn(*a, params=params))(*args))
+
+    def sample(self, key: Any, logits: Any, **kw: Any) -> np.ndarray:
+        return self._call(smp.sample, key, logits, **kw)
+
+    def probs(self, logits: Any, **kw: Any) -> np.ndarray:
+        return self._call(smp.probs, logits, **kw)
+
+    def process_logits(self, logits: Any, **kw: Any) -> np.ndarray:
+        return self._call(smp.process_logits, logits, **kw)
+
+    def greedy(self, logits: Any) -> np.ndarray:
+        if not self.jitted:
+            return np.asarray(smp.greedy(self.array(logits)))
+        import jax
+
+        return np.asarray(jax.jit(smp.greedy)(self.array(logits)))
+
+
+BACKENDS = [
+    pytest.param(("numpy", False), id="numpy"),
+    pytest.param(("jax", False), id="jax", marks=pytest.mark.skipif(not HAVE_JAX, reason="JAX not installed")),
+    pytest.param(("jax", True), id="jax-jit", marks=pytest.mark.skipif(not HAVE_JAX, reason="JAX not installed")),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    name, jitted = request.param
+    if name == "jax":
+        try:
+            from agnostic_sampling._dispatch import get_backend
+
+            get_backend("jax")
+        except ModuleNotFoundError:
+            pytest.skip("the JAX backend is not written yet")
+    return Backend(name, jitted)
+
+
+@pytest.fixture
+def eager_backend(backend: Backend) -> Backend:
+    """The backend fixture without the jitted variant (for eager-only behaviour: errors)."""
+    if backend.jitted:
+        pytest.skip("eager behaviour only")
+    return backend
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """A seed derived from the test's own id (never from Python's salted ``hash``)."""
+    return zlib.crc32(request.node.nodeid.encode())
