@@ -102,10 +102,13 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace, rest: list[str]) -> int:
-    if args.bench_help and importlib.util.find_spec("agnostic_sampling._bench") is None:
-        args.parser.print_help()
-        return EXIT_OK
-    bench = _import_optional("agnostic_sampling._bench", "bench")
+    try:
+        bench = _import_optional("agnostic_sampling._bench", "bench")
+    except _MissingDependency:
+        if args.bench_help:  # the help still answers, and says what bench would do
+            args.parser.print_help()
+            return EXIT_OK
+        raise
     forwarded = rest + (["--help"] if args.bench_help else [])
     try:
         code = bench.main(forwarded)
