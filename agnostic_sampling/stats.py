@@ -172,7 +172,7 @@ def seed_for(name: str) -> int:
         name: any string; tests pass their pytest node id.
 
     Returns:
-        A non-negative integer seed.
+        A seed in ``[0, 2**32)``.
 
     Example:
         >>> from agnostic_sampling.stats import seed_for
@@ -180,7 +180,8 @@ def seed_for(name: str) -> int:
         True
     """
     offset = int(os.environ.get(SEED_OFFSET_ENV, "0") or 0)
-    return zlib.crc32(name.encode()) + offset
+    # kept below 2**32 so that every backend's key constructor accepts it
+    return (zlib.crc32(name.encode()) + offset) % 2**32
 
 
 # --------------------------------------------------------------------------------------------
