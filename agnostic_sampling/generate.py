@@ -1,0 +1,511 @@
+"""Decode loops: `generate` for a model that maps ids to logits, `generate_with_state` for a step.
+
+Layout and padding side
+-----------------------
+The prompt is a ``(B, P)`` array of ids, *right*-padded: row ``b`` holds its ``prompt_lengths[b]``
+real tokens at positions ``0 .. L_b - 1``. The result's ``ids`` is ``(B, P + max_new_tokens)``:
+each row's prompt, then its generated tokens immediately after it, then ``pad_id``.
+
+Every row advances through the same *position* ``t`` at the same time. At each position the model
+produces the logits of position ``t + 1``; a row whose prompt is longer than ``t + 1`` keeps its
+prompt token there (teacher forcing), the others take the sampled token. So a row's tokens sit at
+positions ``0, 1, 2, ...`` with no holes, exactly as if it were decoded alone: a causal model needs
+neither an attention mask nor position ids, and a KV cache is filled one position per call for all
+rows. Left padding (the Hugging Face convention) lets all rows start sampling together, but then
+the model sees pad tokens in front of short prompts, which changes their logits unless the model
+takes a mask, and ``model(ids)`` has no place for one. The price of right padding: rows whose
+prompt is longer still consume prompt tokens while short rows already generate.
+
+Keys
+----
+One draw per row per position. NumPy: a ``Generator`` made from ``key`` (or ``key`` itself) is
+consumed in order, one `sample` call per position from the first position that samples. JAX: the
+draw at position ``t`` uses ``jax.random.fold_in(key, t)``. Both forms of the loop therefore give
+the same ids for the same key, and the same key always gives the same ids.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from agnostic_sampling import _dispatch
+from agnostic_sampling._api import process_logits, sample
+from agnostic_sampling._dispatch import is_jax_array, is_tracer
+from agnostic_sampling._params import FIELDS, SamplingParams, resolve_params, validate_params
+
+__all__ = ["GenerateResult", "generate", "generate_with_state"]
+
+
+class GenerateResult(NamedTuple):
+    """What a decode loop returns (a NamedTuple, so a JAX pytree).
+
+    Attributes:
+        ids: ``(B, P + max_new_tokens)``: each row's prompt, its generated tokens, then ``pad_id``.
+        num_generated: ``(B,)``: how many tokens each row generated, its EOS included.
+        logprobs: ``None`` unless ``return_logprobs=True``; then an array shaped like ``ids``
+            holding each generated token's log-probability under the processed distribution
+            (``log probs(logits, ...)[token]``), and 0 at prompt and padding positions, so that a
+            row's sum is the log-probability of its continuation.
+        model_calls: how many times the model (or step function) was called; on JAX, how many
+            iterations the loop ran.
+        state: the step function's final state (`generate_with_state`); ``None`` for `generate`.
+    """
+
+    ids: Any
+    num_generated: Any
+    logprobs: Any
+    model_calls: Any
+    state: Any = None
+
+
+def generate(
+    key: Any,
+    model: Callable[[Any], Any],
+    prompt: Any,
+    *,
+    max_new_tokens: int,
+    context_size: int | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    prompt_lengths: Any = None,
+    return_logprobs: bool = False,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    min_keep: Any = 1,
+    params: SamplingParams | None = None,
+    backend: str | None = None,
+) -> GenerateResult:
+    """Extend each prompt by sampling from ``model`` until EOS or ``max_new_tokens``.
+
+    ``model(ids)`` takes ids of shape ``(B, t)`` and returns logits ``(B, t, V)``. At each
+    position the loop feeds at most the last ``context_size`` tokens and samples the next token
+    from the last position's logits with `sample` (every strategy, per-row parameters as there).
+    Each row stops at its own ``eos_id``; the loop stops as soon as every row has stopped.
+
+    NumPy: a Python loop; the model gets the growing sequence ``ids[:, max(0, t + 1 - C):t + 1]``
+    (any model works) and is not called again once every row has stopped.
+
+    JAX: the whole loop is compiled once, as one ``lax.while_loop`` over a fixed buffer; other
+    parameter values, keys, prompts and lengths of the same shapes reuse it. The model is traced
+    once and always gets a window of fixed width ``min(context_size, P + max_new_tokens)``;
+    positions after the current one hold later prompt tokens or ``pad_id``. **The model must be
+    causal** (position ``t`` depends only on positions ``<= t``): a bidirectional model would see
+    those future positions and cannot be fed a fixed buffer. The compiled loop is cached per
+    ``model`` object (a static argument), so pass the same callable each time; to decode with
+    weights that change, call `generate` inside your own ``jax.jit`` with the weights as an
+    argument. Which sampling steps are ``None`` is static too (each combination compiles once).
+
+    Args:
+        key: NumPy: a ``numpy.random.Generator`` (consumed), an ``int`` seed or a ``SeedSequence``.
+            JAX: a ``jax.random.key``, a legacy ``PRNGKey`` or an ``int``.
+        model: ``(B, t)`` integer ids -> ``(B, t, V)`` logits.
+        prompt: ``(B, P)`` integer ids, right-padded when rows differ in length (see
+            ``prompt_lengths``). The backend follows its type, as for `sample`.
+        max_new_tokens: how many tokens each row may generate (``>= 1``).
+        context_size: feed at most this many trailing tokens to the model; ``None``: all. A
+            prompt longer than this is cropped to its last ``context_size`` tokens, as the model
+            would be at any later position.
+        eos_id: a row stops after generating this id; ``None``: rows stop at ``max_new_tokens``.
+        pad_id: written after each row's last token.
+        prompt_lengths: ``(B,)`` real length of each row (``1 <= L <= P``); ``None``: all ``P``.
+        return_logprobs: also return each generated token's log-probability (one more pipeline
+            pass per position, through `process_logits`).
+        temperature, top_k, top_p, min_p, min_keep, params: as in `sample`, per row allowed.
+        backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``prompt``.
+
+    Returns:
+        A `GenerateResult`: ``ids`` ``(B, P + max_new_tokens)`` (int64 on NumPy, int32 on JAX),
+        ``num_generated``, ``logprobs`` (or ``None``), ``model_calls``.
+
+    Raises:
+        ValueError: an empty prompt or row, a length longer than the prompt, ``max_new_tokens
+            < 1``, a model that returns logits of the wrong shape (expected and got are named).
+
+    Example:
+        >>> import numpy as np, agnostic_sampling as smp
+        >>> table = np.full((4, 4), -5.0, np.float32)
+        >>> table[[0, 1, 2, 3], [1, 2, 3, 3]] = 5.0  # bigram: 0 -> 1 -> 2 -> 3 -> 3
+        >>> model = lambda ids: table[ids]  # (B, t) -> (B, t, 4)
+        >>> out = smp.generate(0, model, np.array([[0, 1], [2, 0]]), prompt_lengths=[2, 1],
+        ...                    max_new_tokens=3, eos_id=3, pad_id=-1, temperature=0)
+        >>> out.ids.tolist(), out.num_generated.tolist()
+        ([[0, 1, 2, 3, -1], [2, 3, -1, -1, -1]], [2, 1])
+    """
+    plan = _plan(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
+                 backend, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                 min_keep=min_keep)
+    if context_size is not None:
+        context_size = _positive_int("context_size", context_size)
+    if plan.backend == "numpy":
+        return _NumpyLoop(plan, model=model, context_size=context_size).run()
+    return _run_jax(plan, model, stateful=False, state=None, context_size=context_size)
+
+
+def generate_with_state(
+    key: Any,
+    step: Callable[[Any, Any], tuple[Any, Any]],
+    state: Any,
+    prompt: Any,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    prompt_lengths: Any = None,
+    return_logprobs: bool = False,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    min_keep: Any = 1,
+    params: SamplingParams | None = None,
+    backend: str | None = None,
+) -> GenerateResult:
+    """`generate` for a model with a cache: ``step(state, ids) -> (logits, state)``, O(1) per token.
+
+    ``step`` is called once per position, starting at position 0 with ``state`` as given (an
+    empty cache), with ``ids`` of shape ``(B,)``: every row's token at that position. It returns
+    the logits ``(B, V)`` of the next position and the new state. The prompt is consumed by the
+    same calls, one token per call: while a row's prompt lasts, its next token is the prompt's
+    and the logits are only used to advance the state; then the sampled token is fed back. All
+    rows advance one position per call, so a scalar position counter in the state serves the
+    whole batch (see the module docstring on padding). The step owns its context: there is no
+    ``context_size`` here; its cache must hold ``P + max_new_tokens`` positions.
+
+    NumPy: a Python loop, stopped as soon as every row has finished. JAX: one compiled
+    ``lax.while_loop`` with ``state`` (any pytree of arrays with fixed shapes) in the carry;
+    ``step`` is traced once and is a static argument (pass the same callable each time).
+
+    With the same key, `generate_with_state` gives the same ids as `generate` for a model whose
+    step computes the same logits.
+
+    Args:
+        key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs, temperature,
+            top_k, top_p, min_p, min_keep, params, backend: as in `generate`.
+        step: ``(state, ids (B,)) -> (logits (B, V), new_state)``.
+        state: the step's initial state.
+
+    Returns:
+        A `GenerateResult` whose ``state`` is the step's final state.
+
+    Example:
+        >>> import numpy as np, agnostic_sampling as smp
+        >>> table = np.full((4, 4), -5.0, np.float32)
+        >>> table[[0, 1, 2, 3], [1, 2, 3, 3]] = 5.0
+        >>> def step(calls, ids):  # a bigram needs no cache; the state counts calls
+        ...     return table[ids], calls + 1
+        >>> out = smp.generate_with_state(0, step, 0, np.array([[0, 1]]), max_new_tokens=3,
+        ...                               eos_id=3, temperature=0)
+        >>> out.ids.tolist(), out.state
+        ([[0, 1, 2, 3, 0]], 3)
+    """
+    plan = _plan(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
+                 backend, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                 min_keep=min_keep)
+    if plan.backend == "numpy":
+        return _NumpyLoop(plan, step=step, state=state).run()
+    return _run_jax(plan, step, stateful=True, state=state, context_size=None)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (pure Python and metadata, before any array work)
+
+
+class _Plan(NamedTuple):
+    backend: str
+    key: Any
+    prompt: Any  # (B, P) integer ids, on the backend
+    lengths: Any  # (B,) ints, on the backend
+    max_new_tokens: int
+    eos_id: int | None
+    pad_id: int
+    return_logprobs: bool
+    params: SamplingParams
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {int(value)}")
+    return int(value)
+
+
+def _token_id(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int token id, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def _plan(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, prompt_lengths: Any,
+          return_logprobs: bool, backend: str | None, params: SamplingParams | None,
+          **keywords: Any) -> _Plan:
+    """Validate everything that can be checked before the loop, and pick the backend once."""
+    name = _dispatch.backend_name(prompt, backend)
+    if name == "jax":
+        _dispatch.get_backend("jax")  # registers SamplingParams as a pytree before any jit
+        import jax.numpy as jnp
+
+        prompt = jnp.asarray(prompt)
+    else:
+        prompt = np.asarray(prompt)
+    if prompt.ndim != 2:
+        hint = "; for one prompt use prompt[None]" if prompt.ndim == 1 else ""
+        raise ValueError(f"prompt must have shape (batch, length), got shape {tuple(prompt.shape)}{hint}")
+    dtype = np.dtype(prompt.dtype)
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"prompt must hold integer token ids, got dtype {dtype}")
+    batch, width = prompt.shape
+    if batch == 0 or width == 0:
+        raise ValueError(f"prompt is empty (shape {tuple(prompt.shape)}); give at least one token per row")
+    max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+    eos_id = None if eos_id is None else _token_id("eos_id", eos_id)
+    pad_id = _token_id("pad_id", pad_id)
+
+    resolved = resolve_params(params, **keywords)
+    validate_params(resolved, (batch,))
+    lengths = _lengths(prompt_lengths, batch, width, name)
+    return _Plan(name, _key(key, name, prompt), prompt, lengths, max_new_tokens, eos_id, pad_id,
+                 bool(return_logprobs), resolved)
+
+
+def _lengths(prompt_lengths: Any, batch: int, width: int, backend: str) -> Any:
+    """Per-row prompt lengths as a (B,) array, checked when concrete."""
+    if prompt_lengths is None:
+        return np.full(batch, width, np.int64) if backend == "numpy" else _jnp().full(batch, width, "int32")
+    if is_tracer(prompt_lengths):
+        if prompt_lengths.shape != (batch,):
+            raise ValueError(f"prompt_lengths must have shape ({batch},), got {prompt_lengths.shape}")
+        return prompt_lengths.astype("int32")
+    lengths = np.asarray(prompt_lengths)
+    if lengths.shape != (batch,):
+        raise ValueError(f"prompt_lengths must have shape ({batch},) (one per prompt row), "
+                         f"got {lengths.shape}")
+    if not np.issubdtype(lengths.dtype, np.integer):
+        raise TypeError(f"prompt_lengths must be integers, got dtype {lengths.dtype}")
+    if (lengths < 1).any():
+        row = int(np.argmax(lengths < 1))
+        raise ValueError(f"prompt row {row} is empty (prompt_lengths[{row}] = {int(lengths[row])}); "
+                         "every row needs at least one token")
+    if (lengths > width).any():
+        row = int(np.argmax(lengths > width))
+        raise ValueError(f"prompt_lengths[{row}] = {int(lengths[row])} is longer than the prompt "
+                         f"array's width {width}")
+    return lengths.astype(np.int64) if backend == "numpy" else _jnp().asarray(lengths, "int32")
+
+
+def _jnp() -> Any:
+    import jax.numpy as jnp
+
+    return jnp
+
+
+def _key(key: Any, backend: str, prompt: Any) -> Any:
+    """The backend's random state from ``key``; the other backend's keys are refused."""
+    kind = f"{type(prompt).__module__}.{type(prompt).__name__}"
+    why = f"the {backend} backend was chosen because prompt is a {kind}"
+    if backend == "numpy":
+        if is_jax_array(key):
+            raise TypeError(f"key is a JAX key but {why}; pass a numpy.random.Generator, an int or a "
+                            "SeedSequence, or a JAX prompt (or backend='jax')")
+        return _dispatch.get_backend("numpy").as_key(key)
+    if isinstance(key, (np.random.Generator, np.random.SeedSequence)):
+        raise TypeError(f"key is a {type(key).__name__} but {why}; "
+                        "pass a jax.random.key, a PRNGKey or an int")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        import jax
+
+        return jax.random.key(int(key))
+    return key
+
+
+def _wrong_shape(what: str, got: tuple[int, ...], expected: str, fed: str) -> ValueError:
+    return ValueError(f"{what} returned logits of shape {tuple(got)}; "
+                      f"expected {expected} for ids of shape {fed}")
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy: a Python loop
+
+
+class _NumpyLoop:
+    """One decode on NumPy; ``model`` (the plain form) or ``step`` and ``state`` (the cached form)."""
+
+    def __init__(self, plan: _Plan, *, model: Any = None, context_size: int | None = None,
+                 step: Any = None, state: Any = None):
+        self.plan, self.model, self.context_size = plan, model, context_size
+        self.step, self.state = step, state
+        self.vocab: int | None = None
+
+    def logits_at(self, t: int, ids: np.ndarray) -> np.ndarray:
+        """The logits of position ``t + 1`` for every row, ``(B, V)``."""
+        batch = ids.shape[0]
+        if self.step is not None:
+            fed = np.ascontiguousarray(ids[:, t])
+            logits, self.state = self.step(self.state, fed)
+            logits = np.asarray(logits)
+            shape = tuple(np.shape(logits))
+            if len(shape) != 2 or shape[0] != batch or shape[1] != (self.vocab or shape[1]):
+                raise _wrong_shape("step", shape, f"(B, V) = ({batch}, {self.vocab or 'V'})", f"({batch},)")
+        else:
+            start = 0 if self.context_size is None else max(0, t + 1 - self.context_size)
+            window = ids[:, start:t + 1]
+            out = np.asarray(self.model(window))
+            shape = tuple(np.shape(out))
+            if len(shape) != 3 or shape[:2] != window.shape or shape[2] != (self.vocab or shape[2]):
+                expected = f"(B, t, V) = ({batch}, {window.shape[1]}, {self.vocab or 'V'})"
+                raise _wrong_shape("model", shape, expected, str(window.shape))
+            logits = out[:, -1]
+        self.vocab = shape[-1]
+        return logits
+
+    def run(self) -> GenerateResult:
+        plan = self.plan
+        batch, width = plan.prompt.shape
+        total = width + plan.max_new_tokens
+        positions = np.arange(total)
+        ids = np.full((batch, total), plan.pad_id, np.int64)
+        in_prompt = positions[None, :width] < plan.lengths[:, None]
+        ids[:, :width] = np.where(in_prompt, plan.prompt, plan.pad_id)
+        logprobs = None  # allocated at the first draw, in the logits' precision
+        finished = np.zeros(batch, bool)
+        generated = np.zeros(batch, np.int64)
+        first_sampled = int(plan.lengths.min()) - 1  # no row samples before this position
+        calls = 0
+        for t in range(0 if self.step is not None else first_sampled, total - 1):
+            logits = self.logits_at(t, ids)
+            calls += 1
+            if t < first_sampled:
+                continue  # the step is only consuming the prompt
+            tokens = sample(plan.key, logits, params=plan.params, backend="numpy")
+            taking = ~finished & (plan.lengths <= t + 1)
+            ids[taking, t + 1] = tokens[taking]
+            if plan.return_logprobs:
+                token_logprobs = _token_logprobs(logits, tokens, plan.params)
+                if logprobs is None:
+                    logprobs = np.zeros((batch, total), token_logprobs.dtype)
+                logprobs[taking, t + 1] = token_logprobs[taking]
+            generated += taking
+            stopped = generated >= plan.max_new_tokens
+            if plan.eos_id is not None:
+                stopped |= tokens == plan.eos_id
+            finished |= taking & stopped
+            if finished.all():
+                break
+        return GenerateResult(ids, generated, logprobs, calls, self.state)
+
+
+def _token_logprobs(logits: Any, tokens: Any, params: SamplingParams) -> Any:
+    """``log probs(logits)[token]`` per row, from `process_logits` (log-softmax, no underflow)."""
+    xp = _jnp() if is_jax_array(logits) else np
+    z = process_logits(logits, params=params)
+    top = z.max(axis=-1)  # 0 for every row: process_logits shifts by the row maximum
+    log_norm = top + xp.log(xp.exp(z - top[:, None]).sum(axis=-1))
+    chosen = xp.take_along_axis(z, xp.clip(tokens, 0, z.shape[-1] - 1)[:, None], axis=-1)[:, 0]
+    return chosen - log_norm
+
+
+# --------------------------------------------------------------------------------------------
+# JAX: one lax.while_loop under jit
+
+
+def _run_jax(plan: _Plan, fn: Any, *, stateful: bool, state: Any, context_size: int | None) -> GenerateResult:
+    import jax.numpy as jnp
+
+    batch, width = plan.prompt.shape
+    total = width + plan.max_new_tokens
+    window = total if context_size is None else min(context_size, total)
+    params = _per_row(plan.params, batch)
+    eos = None if plan.eos_id is None else jnp.int32(plan.eos_id)
+    try:
+        return _jax_decoder()(plan.key, plan.prompt.astype(jnp.int32), plan.lengths, params, eos,
+                              jnp.int32(plan.pad_id), state, fn=fn, stateful=stateful,
+                              max_new_tokens=plan.max_new_tokens, window=window,
+                              return_logprobs=plan.return_logprobs)
+    except ValueError as error:
+        if "Non-hashable static arguments" in str(error):
+            raise TypeError(f"the {'step' if stateful else 'model'} must be hashable on JAX (it is a "
+                            "static argument of the compiled loop)") from error
+        raise
+
+
+def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
+    """Every field given as a (B,) array of one dtype, so new values (scalar or per row) reuse
+    the compiled loop; ``None`` fields stay ``None`` (static: the step is compiled out)."""
+    import jax.numpy as jnp
+
+    dtypes = {"temperature": jnp.float32, "top_k": jnp.int32, "top_p": jnp.float32,
+              "min_p": jnp.float32, "min_keep": jnp.int32}
+    fields = {}
+    for name in FIELDS:
+        value = getattr(params, name)
+        fields[name] = None if value is None else jnp.broadcast_to(jnp.asarray(value, dtypes[name]), (batch,))
+    return SamplingParams(**fields)
+
+
+@functools.cache
+def _jax_decoder() -> Any:
+    import jax
+
+    static = ("fn", "stateful", "max_new_tokens", "window", "return_logprobs")
+    return jax.jit(_decode_jax, static_argnames=static)
+
+
+def _decode_jax(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos: Any, pad: Any,
+                state: Any, *, fn: Any, stateful: bool, max_new_tokens: int, window: int,
+                return_logprobs: bool) -> GenerateResult:
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    batch, width = prompt.shape
+    total = width + max_new_tokens
+    positions = jnp.arange(total)
+    ids = jnp.full((batch, total), pad, jnp.int32)
+    ids = ids.at[:, :width].set(jnp.where(positions[None, :width] < lengths[:, None], prompt, pad))
+    logprobs = jnp.zeros((batch, total), jnp.float32) if return_logprobs else None
+
+    def logits_at(t: Any, ids: Any, state: Any) -> tuple[Any, Any]:
+        if stateful:
+            logits, state = fn(state, ids[:, t])
+            if logits.ndim != 2 or logits.shape[0] != batch:
+                raise _wrong_shape("step", logits.shape, f"(B, V) = ({batch}, V)", f"({batch},)")
+            return logits, state
+        start = jnp.clip(t + 1 - window, 0, total - window)
+        out = fn(lax.dynamic_slice_in_dim(ids, start, window, axis=1))
+        if out.ndim != 3 or out.shape[:2] != (batch, window):
+            expected = f"(B, t, V) = ({batch}, {window}, V)"
+            raise _wrong_shape("model", out.shape, expected, f"({batch}, {window})")
+        return lax.dynamic_index_in_dim(out, t - start, axis=1, keepdims=False), state
+
+    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        t, ids, logprobs, finished, generated, calls, state = carry
+        logits, state = logits_at(t, ids, state)
+        tokens = sample(jax.random.fold_in(key, t), logits, params=params, backend="jax")
+        taking = ~finished & (lengths <= t + 1)
+        column = jnp.where(taking, tokens, lax.dynamic_index_in_dim(ids, t + 1, axis=1, keepdims=False))
+        ids = lax.dynamic_update_index_in_dim(ids, column, t + 1, axis=1)
+        if logprobs is not None:
+            token_logprobs = jnp.where(taking, _token_logprobs(logits, tokens, params), 0.0)
+            token_logprobs = token_logprobs.astype(jnp.float32)
+            logprobs = lax.dynamic_update_index_in_dim(logprobs, token_logprobs, t + 1, axis=1)
+        generated = generated + taking
+        stopped = generated >= max_new_tokens
+        if eos is not None:
+            stopped = stopped | (tokens == eos)
+        finished = finished | (taking & stopped)
+        return t + 1, ids, logprobs, finished, generated, calls + 1, state
+
+    def cond(carry: tuple[Any, ...]) -> Any:
+        t, finished = carry[0], carry[3]
+        return (t < total - 1) & ~jnp.all(finished)
+
+    first = jnp.int32(0) if stateful else jnp.min(lengths).astype(jnp.int32) - 1
+    carry = (first, ids, logprobs, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.int32), jnp.int32(0), state)
+    _, ids, logprobs, _, generated, calls, state = lax.while_loop(cond, body, carry)
+    return GenerateResult(ids, generated, logprobs, calls, state if stateful else None)
