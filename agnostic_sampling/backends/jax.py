@@ -1,0 +1,402 @@
+"""The sampling pipeline for JAX arrays: static shapes, traced parameters, reductions only.
+
+How it avoids sorting the vocabulary
+------------------------------------
+Every truncation step keeps an *upper set* of the row (all tokens whose tempered logit ``z`` is at
+least some threshold), so each step is decided by one threshold per row, and each threshold is
+found exactly by a bisection whose every step is one masked reduction over the vocabulary with a
+per-row scalar result:
+
+- top-k (and min_keep): the largest ``t`` with ``count(z >= t) >= k``;
+- top-p: the smallest ``t`` with ``sum(exp(z) for z > t) < p * sum(exp(z) over the kept set)``;
+- min-p: no search, ``t = log(min_p)`` (the row maximum is 0 after the shift).
+
+The bisection runs on the integer bit pattern of the float, made monotone (negative floats have
+their magnitude bits flipped), so it ends on adjacent floats after at most 31 steps for float32
+(63 for float64), whatever the values; a top-k row stops early once ``count(z >= t) == k``. Counts
+are float32 sums (exact below 2**24 tokens) because XLA vectorises floating-point reductions on
+CPU and not integer ones; masses are XLA's tree reductions, accurate to ~1e-7 at 2**18 tokens.
+
+The draw is a race too: the winner of ``max(z + Gumbel noise)`` over the kept set, noise in
+float32 from the caller's key, found by a max and then a first-index-of-max reduction (never
+``jnp.argmax``, a slow variadic reduction on CPU). Nothing in the pipeline gathers, sorts or
+scans the vocabulary axis, so sharding that axis costs only per-row all-reduces.
+
+Parameters are traced data: their values never cause a recompile. Only shapes, dtypes, which
+fields are ``None``, and whether a concrete field is everywhere at its off value (a Python
+``min_keep=1`` skips the min_keep search) are static. Under ``jit`` bad values follow SPEC
+section 4's traced column: NaN logits count as ``-inf``; a row with ``+inf`` keeps only its
+``+inf`` tokens; a row with no finite logit gives id ``-1`` and zero probabilities; a negative,
+NaN or infinite temperature makes the row greedy; a negative ``top_k`` is 0; ``top_p`` and
+``min_p`` are clipped to ``[0, 1]`` (NaN disables them); ``min_keep < 1`` is 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from agnostic_sampling._api import ROW_NAN, ROW_NO_FINITE, ROW_OK, ROW_POSINF
+from agnostic_sampling._dispatch import is_tracer
+from agnostic_sampling._params import FIELDS, SamplingParams
+
+# Values traced, None-ness static: None is an empty pytree, so it is part of the structure.
+jax.tree_util.register_dataclass(SamplingParams, data_fields=list(FIELDS), meta_fields=[])
+
+# --------------------------------------------------------------------------------------------
+# Conversions at the boundary
+
+
+def asarray(logits: Any) -> jax.Array:
+    """The logits as a JAX array (tracers and arrays pass through unchanged).
+
+    NumPy float64 input becomes float32 unless ``jax_enable_x64`` is on, as everywhere in JAX.
+    """
+    return logits if isinstance(logits, jax.Array) else jnp.asarray(logits)
+
+
+def as_key(key: Any) -> jax.Array:
+    """A typed JAX key array from a ``jax.random.key``, a legacy ``PRNGKey``, or an int seed.
+
+    A batch of keys (shape ``batch_shape``, or ``batch_shape + (2,)`` for legacy uint32 keys)
+    gives one key per row.
+    """
+    if isinstance(key, (bool, np.bool_)):
+        raise TypeError("key must be a jax.random.key, a PRNGKey or an int seed, got bool")
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(key)
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return key
+        if key.dtype == jnp.uint32 and key.ndim >= 1 and key.shape[-1] == 2:
+            return jax.random.wrap_key_data(key)
+        if jnp.issubdtype(key.dtype, jnp.integer) and key.ndim == 0:
+            return jax.random.key(key)
+    raise TypeError(
+        "key must be a jax.random.key, a legacy PRNGKey (uint32 of shape (..., 2)) or an int seed, "
+        f"got {type(key).__name__}" + (f" of dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype") else "")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Static plan: what can be decided at trace time
+
+
+class _Plan(NamedTuple):
+    """Which steps the compiled program contains (static; values stay traced)."""
+
+    top_k: bool
+    top_p: bool
+    min_p: bool
+    min_keep: bool  # False when min_keep is concretely 1 everywhere: v_n is the row maximum
+
+
+def _maybe_on(value: Any, off: Any) -> bool:
+    """False when ``value`` is None or concretely equal to ``off`` everywhere; True otherwise."""
+    if value is None:
+        return False
+    if is_tracer(value):
+        return True
+    return not bool(np.all(np.asarray(value) == off))
+
+
+def _plan(params: SamplingParams) -> _Plan:
+    return _Plan(
+        top_k=_maybe_on(params.top_k, 0),
+        top_p=_maybe_on(params.top_p, 1),
+        min_p=_maybe_on(params.min_p, 0),
+        min_keep=_maybe_on(params.min_keep, 1),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rows, parameters and status
+
+
+def _compute_dtype(dtype: Any) -> Any:
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+
+
+class _Rows(NamedTuple):
+    """Per-row parameters after the traced bad-value policy, each of shape (N,)."""
+
+    greedy: jax.Array
+    temperature: jax.Array  # 1 on greedy rows, so that dividing by it is harmless
+    top_k: jax.Array  # int32, 0: off
+    top_p: jax.Array  # 1: off
+    min_p: jax.Array  # 0: off
+    min_keep: jax.Array  # int32 >= 1
+
+
+def _per_row(value: Any, off: Any, batch_shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    value = off if value is None else value
+    return jnp.broadcast_to(jnp.asarray(value).astype(dtype), batch_shape).reshape(-1)
+
+
+def _rows_params(params: SamplingParams, batch_shape: tuple[int, ...], dtype: Any) -> _Rows:
+    temperature = _per_row(params.temperature, 1.0, batch_shape, dtype)
+    greedy = ~(temperature > 0) | ~jnp.isfinite(temperature)  # also NaN, < 0 and inf
+    top_p = _per_row(params.top_p, 1.0, batch_shape, dtype)
+    min_p = _per_row(params.min_p, 0.0, batch_shape, dtype)
+    return _Rows(
+        greedy=greedy,
+        temperature=jnp.where(greedy, 1, temperature),
+        top_k=jnp.maximum(_per_row(params.top_k, 0, batch_shape, jnp.int32), 0),
+        top_p=jnp.where(jnp.isnan(top_p), 1, jnp.clip(top_p, 0, 1)),
+        min_p=jnp.where(jnp.isnan(min_p), 0, jnp.clip(min_p, 0, 1)),
+        min_keep=jnp.maximum(_per_row(params.min_keep, 1, batch_shape, jnp.int32), 1),
+    )
+
+
+def _index_of_first(hit: jax.Array) -> jax.Array:
+    """First column where ``hit`` is True (V where none), as a min reduction in float32.
+
+    Float32 because XLA vectorises floating-point reductions on CPU; exact below 2**24.
+    """
+    vocab = hit.shape[-1]
+    dtype = jnp.float32 if vocab < 2**24 else jnp.int32
+    iota = lax.broadcasted_iota(dtype, hit.shape, hit.ndim - 1)
+    return jnp.min(jnp.where(hit, iota, jnp.asarray(vocab, dtype)), axis=-1).astype(jnp.int32)
+
+
+def _count(mask: jax.Array) -> jax.Array:
+    """Number of True per row, summed in float32 (exact below 2**24 tokens)."""
+    dtype = jnp.float32 if mask.shape[-1] < 2**24 else jnp.int32
+    return jnp.sum(mask.astype(dtype), axis=-1)
+
+
+class _Clean(NamedTuple):
+    x: jax.Array  # (N, V) compute precision, NaN -> -inf, +inf rows -> 0 at +inf, -inf elsewhere
+    row_max: jax.Array  # (N,) maximum of x; -inf for rows with no finite logit
+    status: jax.Array  # (N,) int8
+
+
+def _clean(logits: jax.Array) -> _Clean:
+    """The logits as (N, V) rows, sanitised by the traced policy, with each row's status."""
+    dtype = _compute_dtype(logits.dtype)
+    x = logits.reshape(-1, logits.shape[-1]).astype(dtype)
+    raw_max = jnp.max(x, axis=-1)  # propagates NaN, so it flags NaN rows in one reduction
+    has_nan = jnp.isnan(raw_max)
+    # Only rows with NaN need a second maximum; under vmap lax.cond evaluates both anyway.
+    x = jnp.where(jnp.isnan(x), -jnp.inf, x)
+    row_max = lax.cond(jnp.any(has_nan), lambda: jnp.max(x, axis=-1), lambda: raw_max)
+    posinf = row_max == jnp.inf
+    x = jnp.where(posinf[:, None], jnp.where(x == jnp.inf, 0, -jnp.inf).astype(dtype), x)
+    status = jnp.where(
+        has_nan, ROW_NAN, jnp.where(posinf, ROW_POSINF, jnp.where(row_max == -jnp.inf, ROW_NO_FINITE, ROW_OK))
+    ).astype(jnp.int8)
+    return _Clean(x, jnp.where(posinf, 0, row_max).astype(dtype), status)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact thresholds by bisection on the monotone bit pattern
+
+
+def _int_dtype(dtype: Any) -> Any:
+    return jnp.int64 if dtype == jnp.float64 else jnp.int32
+
+
+def _to_key(value: jax.Array) -> jax.Array:
+    """Integer whose order is the float order (-0.0 just below +0.0); NaN-free input."""
+    bits = lax.bitcast_convert_type(value, _int_dtype(value.dtype))
+    magnitude = jnp.asarray(np.iinfo(bits.dtype).max, bits.dtype)
+    return jnp.where(bits < 0, bits ^ magnitude, bits)
+
+
+def _from_key(key: jax.Array, dtype: Any) -> jax.Array:
+    magnitude = jnp.asarray(np.iinfo(key.dtype).max, key.dtype)
+    return lax.bitcast_convert_type(jnp.where(key < 0, key ^ magnitude, key), dtype)
+
+
+def _bisect(lo: jax.Array, hi: jax.Array, done: jax.Array, step: Any) -> tuple[jax.Array, jax.Array]:
+    """Shrink integer brackets ``[lo, hi]`` until adjacent (or ``done``), all rows in lock step.
+
+    ``step(mid) -> (go_up, finished)``: ``go_up`` moves ``lo`` to ``mid``, otherwise ``hi``
+    moves there; ``finished`` marks a row whose answer is already exact at the new bracket.
+    Spans stay below the integer range (the keys of -inf and +0.0 differ by < 2**31 - 1).
+    """
+
+    def cond(carry: tuple[jax.Array, ...]) -> jax.Array:
+        lo, hi, done = carry
+        return jnp.any(~done & (hi - lo > 1))
+
+    def body(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        lo, hi, done = carry
+        mid = lo + (hi - lo) // 2
+        go_up, finished = step(mid)
+        active = ~done & (hi - lo > 1)
+        lo = jnp.where(active & go_up, mid, lo)
+        hi = jnp.where(active & ~go_up, mid, hi)
+        return lo, hi, done | (active & finished)
+
+    lo, hi, _ = lax.while_loop(cond, body, (lo, hi, done))
+    return lo, hi
+
+
+def _kth_largest(z: jax.Array, k: jax.Array, skip: jax.Array) -> jax.Array:
+    """The k-th largest value of each row (ties counted), -inf when the row has fewer than k.
+
+    The largest ``t`` with ``count(z >= t) >= k``; a row is finished early when exactly ``k``
+    tokens are at or above ``t``, since then ``{z >= t}`` is already the top-k set.
+    """
+    dtype = z.dtype
+    k = k.astype(jnp.float32 if z.shape[-1] < 2**24 else jnp.int32)
+
+    def step(mid: jax.Array) -> tuple[jax.Array, jax.Array]:
+        count = _count(z >= _from_key(mid, dtype)[:, None])
+        return count >= k, count == k
+
+    lo = jnp.broadcast_to(_to_key(jnp.asarray(-jnp.inf, dtype)), k.shape)
+    hi = _to_key(jnp.zeros(k.shape, dtype)) + 1  # above the row maximum, 0
+    lo, _ = _bisect(lo, hi, skip, step)
+    return _from_key(lo, dtype)
+
+
+def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: jax.Array,
+                     skip: jax.Array) -> jax.Array:
+    """Smallest ``t`` with ``sum(weight over z > t) < top_p * sum(weight over z >= floor)``.
+
+    Tokens at or above the result are those whose strictly-more-probable mass is below ``p``;
+    the row maximum (0) is the largest possible answer, so ``p == 0`` keeps the top token(s).
+    """
+    dtype = z.dtype
+    received = weight * (z >= floor[:, None])
+    target = top_p * jnp.sum(received, axis=-1)
+
+    def step(mid: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mass_above = jnp.sum(jnp.where(z > _from_key(mid, dtype)[:, None], weight, 0), axis=-1)
+        return ~(mass_above < target), jnp.zeros_like(skip)
+
+    # Just below the floor the mass above is everything received, which is never < p * itself.
+    lo = _to_key(floor) - 1
+    lo = jnp.where(floor == -jnp.inf, _to_key(floor), lo)
+    hi = _to_key(jnp.zeros_like(floor))
+    _, hi = _bisect(lo, hi, skip, step)
+    return _from_key(hi, dtype)
+
+
+def _threshold(z: jax.Array, weight: jax.Array | None, rows: _Rows, plan: _Plan, skip: jax.Array) -> jax.Array:
+    """Each row's final threshold: the kept set is the finite ``z`` at or above it (SPEC 3)."""
+    dtype = z.dtype
+    minus_inf = jnp.full(z.shape[:1], -jnp.inf, dtype)
+    needs_min_keep = plan.min_keep and (plan.top_p or plan.min_p)
+    # The min_keep floor v_n: the n-th largest; with n == 1 everywhere it is the maximum, 0.
+    keep_floor = _kth_largest(z, rows.min_keep, skip) if needs_min_keep else jnp.zeros_like(minus_inf)
+
+    threshold = minus_inf
+    if plan.top_k:
+        on = rows.top_k > 0
+        kth = _kth_largest(z, jnp.maximum(rows.top_k, rows.min_keep), skip | ~on)
+        threshold = jnp.where(on, kth, threshold)
+    if plan.top_p:
+        on = rows.top_p < 1
+        nucleus = _top_p_threshold(z, weight, threshold, rows.top_p, skip | ~on)
+        threshold = jnp.where(on, jnp.maximum(threshold, jnp.minimum(nucleus, keep_floor)), threshold)
+    if plan.min_p:
+        on = rows.min_p > 0
+        floor = jnp.log(rows.min_p)
+        threshold = jnp.where(on, jnp.maximum(threshold, jnp.minimum(floor, keep_floor)), threshold)
+    return threshold
+
+
+class _Processed(NamedTuple):
+    z: jax.Array  # (N, V) tempered logits, -inf outside the kept set
+    status: jax.Array  # (N,) int8
+
+
+def _process(logits: jax.Array, params: SamplingParams, plan: _Plan) -> _Processed:
+    clean = _clean(logits)
+    x, dtype = clean.x, clean.x.dtype
+    rows = _rows_params(params, logits.shape[:-1], dtype)
+    no_finite = clean.row_max == -jnp.inf
+    shift = jnp.where(no_finite, 0, clean.row_max)
+    z = (x - shift[:, None]) / rows.temperature[:, None]
+    if plan.top_k or plan.top_p or plan.min_p:
+        weight = jnp.exp(z) if plan.top_p else None
+        threshold = _threshold(z, weight, rows, plan, rows.greedy | no_finite)
+        z = jnp.where(z >= threshold[:, None], z, -jnp.inf)
+    first = _index_of_first(x == clean.row_max[:, None])
+    one_hot = lax.broadcasted_iota(jnp.int32, x.shape, 1) == first[:, None]
+    greedy = rows.greedy & ~no_finite
+    z = jnp.where(greedy[:, None], jnp.where(one_hot, 0, -jnp.inf).astype(dtype), z)
+    return _Processed(z, clean.status)
+
+
+def _softmax(z: jax.Array) -> jax.Array:
+    """Softmax of rows whose maximum is 0 (or all -inf, which gives zeros)."""
+    weight = jnp.exp(z)
+    total = jnp.sum(weight, axis=-1, keepdims=True)
+    return jnp.where(total > 0, weight / jnp.where(total > 0, total, 1), 0)
+
+
+def _noise(key: jax.Array, shape: tuple[int, int], batch_shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """Gumbel noise in at least float32: one stream for the batch, or one per row's own key."""
+    if key.shape == ():
+        return jax.random.gumbel(key, shape, dtype)
+    if key.shape != tuple(batch_shape):
+        raise ValueError(
+            f"key must be one key or one key per row (shape {tuple(batch_shape)}), got key shape {key.shape}"
+        )
+    return jax.vmap(lambda k: jax.random.gumbel(k, shape[1:], dtype))(key.reshape(-1))
+
+
+@jax.jit
+def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    clean = _clean(logits)
+    first = _index_of_first(clean.x == clean.row_max[:, None])
+    ids = jnp.where(clean.row_max == -jnp.inf, -1, first)
+    return ids.reshape(logits.shape[:-1]), clean.status.reshape(logits.shape[:-1])
+
+
+@functools.partial(jax.jit, static_argnames="plan")
+def _process_logits(logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.Array, jax.Array]:
+    z, status = _process(logits, params, plan)
+    return z.reshape(logits.shape), status.reshape(logits.shape[:-1])
+
+
+@functools.partial(jax.jit, static_argnames="plan")
+def _probs(logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.Array, jax.Array]:
+    z, status = _process(logits, params, plan)
+    return _softmax(z).reshape(logits.shape), status.reshape(logits.shape[:-1])
+
+
+@functools.partial(jax.jit, static_argnames="plan")
+def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.Array, jax.Array]:
+    z, status = _process(logits, params, plan)
+    kept = z > -jnp.inf
+    noise = _noise(key, z.shape, logits.shape[:-1], jnp.promote_types(z.dtype, jnp.float32))
+    score = jnp.where(kept, z + noise, -jnp.inf)
+    best = jnp.max(score, axis=-1, keepdims=True)
+    ids = _index_of_first(kept & (score == best))
+    ids = jnp.where(ids == z.shape[-1], -1, ids)  # a row with nothing kept has no finite logit
+    return ids.reshape(logits.shape[:-1]), status.reshape(logits.shape[:-1])
+
+
+# --------------------------------------------------------------------------------------------
+# The public operations
+
+
+def greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First index of each row's maximum (int32), and the row status."""
+    return _greedy(logits)
+
+
+def process_logits(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
+    """Tempered logits, ``-inf`` outside each row's kept set."""
+    return _process_logits(logits, params, _plan(params))
+
+
+def probs(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
+    """``softmax(process_logits(...))`` in float32 (float64 for float64 under x64); zero rows
+    for rows with no finite logit."""
+    return _probs(logits, params, _plan(params))
+
+
+def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
+    """One exact draw per row (int32; -1 for a row with no finite logit): a Gumbel race."""
+    return _sample(key, logits, params, _plan(params))
