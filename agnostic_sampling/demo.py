@@ -9,6 +9,7 @@ from the opening of *Alice's Adventures in Wonderland* (shipped as package data)
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import importlib.util
 import re
@@ -28,6 +29,7 @@ __all__ = [
     "WORDS",
     "bar_chart",
     "find_loop",
+    "per_row_params",
     "plot",
     "run_demo",
 ]
@@ -76,23 +78,50 @@ def bar_chart(columns: dict[str, Any], labels: tuple[str, ...] = WORDS, width: i
     return "\n".join(lines)
 
 
-def _probs(backend: str, **params: Any) -> np.ndarray:
-    return np.asarray(smp.probs(LOGITS, backend=backend, **params), np.float64)
+def per_row_params(settings: list[dict[str, Any]], repeat: int = 1) -> dict[str, np.ndarray]:
+    """Parameter arrays for a batch with one row per setting (``repeat`` rows each).
+
+    A step a setting does not name gets its identity value (temperature 1, top-k 0, top-p 1,
+    min-p 0), so one call, compiled once on JAX, serves every setting.
+
+    Example:
+        >>> per_row_params([{"temperature": 0.5}, {"top_k": 3}])["top_k"].tolist()
+        [0, 3]
+    """
+    identity = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+    return {name: np.repeat(np.array([setting.get(name, off) for setting in settings]), repeat)
+            for name, off in identity.items()}
+
+
+@functools.cache
+def _distributions(backend: str) -> dict[str, np.ndarray]:
+    """Each temperature's and each strategy's distribution, from one `probs` call."""
+    settings = {f"T = {t:g}": {"temperature": t} for t in TEMPERATURES} | STRATEGIES
+    rows = np.broadcast_to(LOGITS, (len(settings), LOGITS.size))
+    p = np.asarray(smp.probs(rows, backend=backend, **per_row_params(list(settings.values()))), np.float64)
+    return dict(zip(settings, p, strict=True))
 
 
 def _section_temperatures(backend: str, write: Write) -> None:
     write("1. Temperature reshapes the distribution: softmax(logits / T)")
     write("   T = 1 is the model's own distribution, T = 0.1 nearly greedy, T = 5 nearly uniform\n")
-    write(bar_chart({f"T = {t:g}": _probs(backend, temperature=t) for t in TEMPERATURES}) + "\n")
+    write(bar_chart({f"T = {t:g}": _distributions(backend)[f"T = {t:g}"] for t in TEMPERATURES}) + "\n")
 
 
 def _section_truncation(backend: str, write: Write) -> None:
     write("2. Truncation keeps a set of words and renormalises over it (T = 1; '-' = removed)\n")
-    kept = {label: _probs(backend, **params) for label, params in STRATEGIES.items()}
+    kept = {label: _distributions(backend)[label] for label in STRATEGIES}
     write(bar_chart(kept) + "\n")
     for label, p in kept.items():
         write(f"   {label:<9} keeps {', '.join(WORDS[i] for i in np.flatnonzero(p))}")
-    write("")
+    top_p = STRATEGIES["top-p 0.9"]["top_p"]
+    base = _distributions(backend)["T = 1"]
+    order = np.argsort(-base, kind="stable")
+    seed_kept = order[np.cumsum(base[order]) <= top_p]  # the seed's mask removes cumsum > p
+    write(f"\n   The seed tutorial's top-p mask (remove where cumsum > p) would keep only "
+          f"{', '.join(WORDS[i] for i in seed_kept)}:")
+    write(f"   mass {base[seed_kept].sum():.3f} < {top_p}. Top-p keeps the smallest set whose mass "
+          f"reaches p, here {base[kept['top-p 0.9'] > 0].sum():.3f}.\n")
 
 
 def _pvalue_reason() -> str | None:
@@ -114,12 +143,11 @@ def _section_draws(backend: str, seed: int, draws: int, write: Write) -> None:
     write("   expected = draws x the float64 reference probabilities (agnostic_sampling.stats);")
     write("   '-' = outside the kept set, where a single draw would be a bug\n")
     write(f"   {'':>8}" + "".join(f"{label:>16}" for label in columns))
-    rows = np.broadcast_to(LOGITS, (draws, LOGITS.size))
-    observed, expected = [], []
-    for offset, params in enumerate(columns.values()):
-        ids = np.asarray(smp.sample(seed + offset, rows, backend=backend, **params))
-        observed.append(np.bincount(ids, minlength=LOGITS.size))
-        expected.append(stats.reference_probs(LOGITS, **params))
+    # all strategies in one call: `draws` rows per strategy, each with its own parameters
+    rows = np.broadcast_to(LOGITS, (len(columns) * draws, LOGITS.size))
+    ids = np.asarray(smp.sample(seed, rows, backend=backend, **per_row_params(list(columns.values()), draws)))
+    observed = [np.bincount(row, minlength=LOGITS.size) for row in ids.reshape(len(columns), draws)]
+    expected = [stats.reference_probs(LOGITS, **params) for params in columns.values()]
     for i, word in enumerate(WORDS):
         cells = "".join(f"{o[i]:>6} ({e[i] * draws:>7.1f})" if e[i] > 0 else f"{o[i]:>6} (      -)"
                         for o, e in zip(observed, expected, strict=True))
@@ -241,10 +269,10 @@ def _decode(model: BigramModel, prompt: str, new_tokens: int, backend: str, seed
 def _section_generation(backend: str, seed: int, write: Write) -> None:
     model = BigramModel.from_package_text()
     prompt, new_tokens = "alice ", 60
-    write(f"4. Decoding: a character bigram model ({len(model.alphabet)} characters, counted from "
-          "Alice in Wonderland)\n")
-    write(f"   prompt {prompt!r}, {new_tokens} new characters, three rows in one batch with per-row "
-          "parameters\n")
+    how = "one smp.generate call" if hasattr(smp, "generate") else "a decode loop over smp.sample"
+    write(f"4. Decoding with a character bigram model ({len(model.alphabet)} characters, counted from "
+          "Alice in Wonderland)")
+    write(f"   prompt {prompt!r}, {new_tokens} new characters, one row per strategy: {how}\n")
     # one batch, per-row parameters: row 0 greedy (temperature 0), row 1 plain sampling, row 2 top-p
     labels = ["greedy", "temperature 1", "top-p 0.9"]
     params = {"temperature": np.array([0.0, 1.0, 1.0]), "top_p": np.array([1.0, 1.0, 0.9])}
@@ -300,7 +328,7 @@ def plot(path: str, backend: str = "numpy") -> None:
     top = fig.add_subplot(grid[0, :])
     width = 0.27
     for i, temperature in enumerate(TEMPERATURES):
-        top.bar(x + (i - 1) * width, _probs(backend, temperature=temperature), width,
+        top.bar(x + (i - 1) * width, _distributions(backend)[f"T = {temperature:g}"], width,
                 label=f"Temperature = {temperature:g}")
     top.set_xticks(x, WORDS)
     top.set_ylabel("Probability")
@@ -310,10 +338,10 @@ def plot(path: str, backend: str = "numpy") -> None:
     fig.suptitle("The seed tutorial's next-word example: 9 words, their probabilities, and what "
                  "each strategy keeps")
 
-    base = _probs(backend)
+    base = _distributions(backend)["T = 1"]
     for column, (label, params) in enumerate(STRATEGIES.items()):
         ax = fig.add_subplot(grid[1, column])
-        p = _probs(backend, **params)
+        p = _distributions(backend)[label]
         ax.bar(x, base, 0.8, color="0.85", label="before (T = 1)")
         ax.bar(x, p, 0.5, color=f"C{column + 3}", label="kept, renormalised")
         for i in np.flatnonzero(p):
