@@ -3,17 +3,32 @@
 How it avoids sorting the vocabulary
 ------------------------------------
 Every truncation step keeps an *upper set* of the row (all tokens whose tempered logit is at
-least some threshold), so the final kept set is an upper set too. The pipeline therefore works on
-a short, sorted list of candidates, the row's largest logits, and proves that the list was long
-enough: one pass takes the maximum of each block of ``BLOCK`` logits; the blocks with the largest
-maxima are gathered; every token outside them is at most ``t``, the smallest gathered block
-maximum, so the gathered tokens above ``t`` are exactly the row's largest tokens in order. The
-steps run on that *valid prefix*; a row whose decision would need a token beyond it (top-k with
-a k larger than the prefix, a nucleus that has not reached ``p``, a min-p threshold below it) is
-retried with eight times as many blocks, and finally with the whole row sorted.
+least some threshold), so a row's kept set is ``{i : z_i >= cut}`` for one ``cut`` per row. The
+pipeline finds ``cut`` from a short list of candidates, the row's largest logits, and proves that
+the list was long enough: one pass takes the maximum of each block of ``BLOCK`` logits; the
+blocks with the largest maxima are gathered; every token outside them is at most ``t``, the
+smallest gathered block maximum, so the gathered tokens above ``t`` (the *valid* candidates) are
+exactly the row's largest tokens. The steps run on those, sorted by value (a sort of a few
+hundred numbers, not of the vocabulary). A row whose decision would need a token beyond them
+(top-k with a k larger than the list, a nucleus that has not reached ``p``, a min-p threshold
+below them) is retried with eight times as many blocks, and finally with the whole row.
 
-Rows with no truncation step ("dense" rows: temperature only) never sort: they draw by inverse
-CDF over block sums, then within one block.
+How it avoids most exponentials
+-------------------------------
+An exponential costs several times a memory pass, so neither top-p nor temperature sampling
+takes one over the whole vocabulary unless a row needs it. The tokens outside the gathered
+blocks have a total mass between ``sum(exp(m_b))`` and ``sum(n_b * exp(m_b))`` over those
+blocks (``m_b`` a block's tempered maximum, ``n_b`` its size).
+
+- Top-p needs the row's total mass. When the nucleus is the same at both ends of that interval,
+  the decision is exact without the outside tokens; otherwise (the interval straddles a
+  cumulative mass: rare) the row's exact total is computed.
+- Rows with no truncation step ("dense" rows: temperature only) draw from a two-part mixture:
+  the ``DENSE_HEAD`` blocks with the largest maxima (the head, mass ``H``) and the rest (the
+  tail, mass ``R``). A first uniform ``u`` picks the head iff ``u * (H + R) < H``; the bounds on
+  ``R`` settle this for most rows, and a row where they do not computes ``R`` exactly. A second
+  uniform picks the token inside the chosen part by inverse CDF. Each token ``i`` is drawn with
+  probability ``exp(z_i) / (H + R)``: exact, whatever the variates.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from agnostic_sampling._params import SamplingParams
 BLOCK = 256  # logits per block of the block-maximum pass
 MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unknown (top-p, min-p)
 GROWTH = 8  # how much the candidate list grows when a row needs more
+DENSE_HEAD = 16  # blocks in the head of a dense row's mixture draw
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
@@ -106,12 +122,12 @@ class _Rows:
 
 @dataclass
 class _Candidates:
-    """Kept sets of some rows as sorted candidate lists: ``index[r, :count[r]]`` are kept."""
+    """Kept sets of some rows: ``index[r, j]`` is kept iff ``logit[r, j] >= cut[r]`` (any order)."""
 
     rows: np.ndarray  # (R,) which rows of the batch
-    index: np.ndarray  # (R, L) token ids, by decreasing logit
-    logit: np.ndarray  # (R, L) tempered logits (row maximum at 0), -inf past the valid prefix
-    count: np.ndarray  # (R,) how many leading candidates are kept
+    index: np.ndarray  # (R, L) token ids
+    logit: np.ndarray  # (R, L) their tempered logits (row maximum at 0), -inf for padding
+    cut: np.ndarray  # (R,) the smallest kept tempered logit
 
 
 @dataclass
@@ -119,7 +135,11 @@ class _Kept:
     """The pipeline's answer for a whole batch: which tokens each row keeps."""
 
     row_max: np.ndarray  # (N,)
+    greedy: np.ndarray  # (N,) bool: the row keeps only its first argmax, ``first``
+    first: np.ndarray  # (N,) the first argmax of greedy rows (0 elsewhere)
     dense: np.ndarray  # (N,) bool: the row keeps every finite token
+    cut: np.ndarray  # (N,) keep the tokens whose tempered logit is >= cut (-inf: all finite)
+    block_max: np.ndarray | None  # (N, blocks), None when every row is greedy
     groups: list[_Candidates]
 
 
@@ -135,36 +155,108 @@ def _block_maxima(x: np.ndarray) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
-def _gather_candidates(x: np.ndarray, block_max: np.ndarray, n_blocks: int) -> tuple[np.ndarray, ...]:
-    """The largest logits of each row, sorted, with the length of the prefix that is exact.
+def _choose_blocks(block_max: np.ndarray, n_blocks: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The ``n_blocks`` blocks of each row with the largest maxima, and the smallest of those.
 
-    Returns ``(index, value, threshold)``: the ``n_blocks`` blocks with the largest maxima are
-    gathered; every token outside them is ``<= threshold``, so the gathered tokens above
-    ``threshold`` are the row's largest, in order. ``threshold`` is ``-inf`` when the whole row
-    was gathered.
+    Every token outside the chosen blocks is ``<=`` the returned threshold. Returns
+    ``(None, -inf)`` when the whole row is to be taken.
     """
-    n_rows, vocab = x.shape
-    total_blocks = block_max.shape[1]
-    if n_blocks >= total_blocks or total_blocks * BLOCK <= 4 * BLOCK:
-        index = np.argsort(-x, axis=-1, kind="stable")
-        return index, np.take_along_axis(x, index, -1), np.full(n_rows, -np.inf, x.dtype)
+    total = block_max.shape[1]
+    if n_blocks >= total or total <= 4:
+        return None, np.full(block_max.shape[0], -np.inf, block_max.dtype)
+    blocks = np.argpartition(block_max, total - n_blocks, axis=-1)[:, total - n_blocks :]
+    return blocks, np.take_along_axis(block_max, blocks, -1).min(axis=-1)
 
-    chosen = np.argpartition(block_max, total_blocks - n_blocks, axis=-1)[:, total_blocks - n_blocks :]
-    threshold = np.take_along_axis(block_max, chosen, -1).min(axis=-1)
-    index = (chosen[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(n_rows, -1)
-    outside = index >= vocab
-    index[outside] = vocab - 1
-    value = np.take_along_axis(x, index, -1)
-    value[outside] = -np.inf
 
-    # Only tokens above the threshold can be exact; sort just those.
-    above = value > threshold[:, None]
-    width = max(int(above.sum(axis=-1).max()), 1)
-    if width < value.shape[1]:
-        top = np.argpartition(-value, width - 1, axis=-1)[:, :width]
-        index, value = np.take_along_axis(index, top, -1), np.take_along_axis(value, top, -1)
-    order = np.argsort(-value, axis=-1, kind="stable")
-    return np.take_along_axis(index, order, -1), np.take_along_axis(value, order, -1), threshold
+def _gather(x: np.ndarray, rows: np.ndarray, blocks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and logits of the chosen blocks of ``rows`` (all tokens when ``blocks`` is None).
+
+    Positions past the end of the vocabulary (in a short last block) get the logit ``-inf``.
+    """
+    vocab = x.shape[1]
+    if blocks is None:
+        return np.broadcast_to(np.arange(vocab), (rows.size, vocab)), x[rows]
+    if vocab % BLOCK == 0:  # copy whole blocks instead of single tokens
+        value = x.reshape(x.shape[0], -1, BLOCK)[rows[:, None], blocks].reshape(rows.size, -1)
+        index = (blocks[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(rows.size, -1)
+        return index, value
+    index = (blocks[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(rows.size, -1)
+    past_end = index >= vocab
+    np.minimum(index, vocab - 1, out=index)
+    value = x[rows[:, None], index]
+    value[past_end] = -np.inf
+    return index, value
+
+
+def _compact(keep: np.ndarray, index: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries where ``keep`` holds, moved to the front of each row; padding is ``-inf``."""
+    counts = keep.sum(axis=-1)
+    width = max(int(counts.max()), 1)
+    if width == keep.shape[1] and keep.all():
+        return index, value
+    row, column = np.nonzero(keep)
+    position = np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    out_index = np.zeros((keep.shape[0], width), np.int64)
+    out_value = np.full((keep.shape[0], width), -np.inf, value.dtype)
+    out_index[row, position] = index[row, column]
+    out_value[row, position] = value[row, column]
+    return out_index, out_value
+
+
+def _outside_mass(block_max: np.ndarray, blocks: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
+                  vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds on ``sum(exp(z))`` over the tokens outside ``blocks`` (float64).
+
+    A block holds its maximum (lower bound) and at most ``n_b`` tokens no larger (upper bound).
+    The tempered block maxima are computed like the tokens' own tempered logits, so the bounds
+    hold for the values the pipeline works with; the slack covers the exponential's rounding.
+    """
+    z = (block_max - row_max[:, None]) / temperature[:, None]
+    weight = np.exp(z.astype(np.float64))
+    np.put_along_axis(weight, blocks, 0.0, axis=-1)
+    sizes = np.full(block_max.shape[1], float(BLOCK))
+    sizes[-1] = vocab - BLOCK * (block_max.shape[1] - 1)
+    return weight.sum(axis=-1) * (1 - 1e-9), (weight @ sizes) * (1 + 1e-9)
+
+
+def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
+                      index: np.ndarray, logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds within 6.2% on the mass of the tokens of ``rows`` other than ``index[logit > -inf]``.
+
+    Costs a few cheap passes per row instead of an exponential: writing ``z log2(e) = n + f``
+    with ``0 <= f < 1``, the float32 whose exponent field is ``n`` and whose mantissa is ``f``
+    (the bits of ``int((z log2(e) + 127) * 2**23)``) equals ``2**n (1 + f)``, and
+    ``2**f <= 1 + f <= 1.0615 * 2**f``. Rounding in the arithmetic is covered by a 1e-4 slack.
+    """
+    vocab = x.shape[1]
+    work = np.empty(vocab, x.dtype)
+    bits = np.empty(vocab, np.int32)
+    value = bits.view(np.float32)
+    total = np.empty(rows.size)
+    for j, row in enumerate(rows):  # one row at a time, so the temporaries stay in cache
+        np.subtract(x[row], row_max[j], out=work)
+        np.multiply(work, np.log2(np.e) * 2**23 / float(temperature[j]), out=work)
+        np.add(work, 127 * 2**23, out=work)
+        np.maximum(work, 2**23, out=work)  # below 2**-126 count 2**-126: still an upper bound
+        np.copyto(bits, work, casting="unsafe")  # truncation: the floor of a positive value
+        value[index[j][logit[j] > -np.inf]] = 0
+        total[j] = value.sum(dtype=np.float64)
+    low = np.maximum(total * (1 - 1e-4) / 1.0615 - vocab * 2.0**-126, 0.0)
+    return low, total * (1 + 1e-4)
+
+
+def _outside_mass_exact(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
+                        index: np.ndarray, logit: np.ndarray) -> np.ndarray:
+    """The mass of the tokens of ``rows`` other than ``index[logit > -inf]`` (float64)."""
+    e = np.empty(x.shape[1], x.dtype)
+    total = np.empty(rows.size)
+    for j, row in enumerate(rows):  # one row at a time, so the temporaries stay in cache
+        np.subtract(x[row], row_max[j], out=e)
+        e /= temperature[j]
+        np.exp(e, out=e)
+        e[index[j][logit[j] > -np.inf]] = 0
+        total[j] = e.sum(dtype=np.float64)
+    return total
 
 
 def _keep_top(z: np.ndarray, received: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -176,21 +268,24 @@ def _keep_top(z: np.ndarray, received: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 
 def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows,
-              normaliser: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+              total: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the truncation steps on sorted candidate logits.
 
     ``z`` (R, L): tempered logits sorted decreasingly, ``-inf`` past each row's ``valid`` prefix.
     Rows with ``complete`` hold their whole row; the others only know their valid prefix.
-    ``normaliser`` is the row's softmax denominator over all finite tokens (needed by top-p
-    when no earlier step has shrunk the set), or None when no row needs it.
+    ``total`` bounds (low, high) the row's softmax denominator over all finite tokens (needed by
+    top-p when no earlier step has shrunk the set), or is None when no row needs it.
 
-    Returns ``(count, exhausted)``: how many leading candidates are kept, and which rows needed
-    a token past their valid prefix (their ``count`` is meaningless; retry them with more).
+    Returns ``(count, exhausted, ambiguous)``: how many leading candidates are kept; which rows
+    needed a token past their valid prefix (retry them with more candidates); and which rows'
+    nucleus differs between the two ends of ``total`` (retry them with the exact total). The
+    count of a row that is exhausted or ambiguous is meaningless.
     """
     n_rows, width = z.shape
     unknown = np.iinfo(np.int64).max  # the received set is "every finite token", size not known
     received = np.where(complete, valid, unknown)
     exhausted = np.zeros(n_rows, bool)
+    ambiguous = np.zeros(n_rows, bool)
     position = np.arange(width)
 
     def at_least_min_keep(count: np.ndarray, before: np.ndarray) -> np.ndarray:
@@ -213,14 +308,14 @@ def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows
         in_set = position < np.minimum(received, valid)[:, None]
         weight[~in_set] = 0.0
         mass_before = np.cumsum(weight, axis=-1) - weight
-        if normaliser is None:
-            total = weight.sum(axis=-1)
-        else:
-            total = np.where(known, weight.sum(axis=-1), normaliser)
-        below = (mass_before < (prm.top_p * total)[:, None]) & in_set
-        reached = below.sum(axis=-1)
-        exhausted |= active & (reached >= valid) & (received > valid)
-        count = _keep_top(z, received, np.maximum(reached, 1))
+        inside = weight.sum(axis=-1)
+        reached = []
+        for bound in (0, 1):
+            mass = inside if total is None else np.where(known, inside, total[bound])
+            reached.append(((mass_before < (prm.top_p * mass)[:, None]) & in_set).sum(axis=-1))
+        exhausted |= active & (reached[0] >= valid) & (received > valid)
+        ambiguous |= active & ~exhausted & (reached[0] != reached[1])
+        count = _keep_top(z, received, np.maximum(reached[1], 1))
         received = np.where(active, at_least_min_keep(count, received), received)
 
     # Min-p: keep i iff z_i >= max z + log(min_p); max z is 0 after the shift.
@@ -232,54 +327,99 @@ def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows
         exhausted |= active & (count >= valid) & (received > valid)
         received = np.where(active, at_least_min_keep(count, received), received)
 
-    return np.where(exhausted, 0, received), exhausted
+    return np.where(exhausted | ambiguous, 0, received), exhausted, ambiguous & ~exhausted
+
+
+def _first_blocks(block_max: np.ndarray, row_max: np.ndarray, prm: _Rows) -> int:
+    """How many blocks to gather first: enough for each row's top-k, min-p and min_keep.
+
+    A top-k row needs ``k`` tokens; a min-p row every block whose maximum reaches its threshold;
+    a nucleus row starts from ``MIN_CANDIDATES``. One block more than the tokens needed makes the
+    smallest gathered maximum fall below them.
+    """
+    with np.errstate(divide="ignore"):
+        min_p_floor = row_max + prm.temperature * np.log(prm.min_p).astype(row_max.dtype)
+    min_p_blocks = (block_max >= min_p_floor[:, None]).sum(axis=-1)
+    tokens = np.where(prm.top_k > 0, prm.top_k,
+                      np.where(prm.min_p > 0, min_p_blocks, MIN_CANDIDATES))
+    return int(np.maximum(tokens, prm.min_keep).max()) + 1
+
+
+def _truncate_rows(x: np.ndarray, rows: np.ndarray, prm: _Rows, block_max: np.ndarray, row_max: np.ndarray,
+                   n_blocks: int) -> tuple[_Candidates, np.ndarray]:
+    """One attempt at the kept sets of ``rows`` from their ``n_blocks`` largest blocks.
+
+    Returns the kept sets of the rows that succeeded, and a mask of the rows that need more.
+    """
+    blocks, threshold = _choose_blocks(block_max, n_blocks)
+    index, value = _gather(x, rows, blocks)
+    # Only tokens above the threshold can be valid: drop the rest of the gathered blocks first.
+    index, value = _compact(value > threshold[:, None], index, value)
+    maximum, temperature = row_max[:, None], prm.temperature[:, None]
+    z = (value - maximum) / temperature
+    z_threshold = (threshold - row_max) / prm.temperature
+    z[z <= z_threshold[:, None]] = -np.inf  # rounding can merge a token with the threshold
+    ordered = np.sort(z, axis=-1)[:, ::-1]
+    valid = np.isfinite(ordered).sum(axis=-1)
+    complete = threshold == -np.inf
+
+    total = inside = None
+    if np.any((prm.top_p < 1) & ~complete):
+        inside = np.exp(ordered.astype(np.float64)).sum(axis=-1)
+        if blocks is None:
+            low = high = inside
+        else:
+            low, high = _outside_mass(block_max, blocks, row_max, prm.temperature, x.shape[1])
+            # Gathered tokens that are not valid are at most the threshold.
+            not_valid = n_blocks * BLOCK - valid
+            high = high + not_valid * np.exp(z_threshold.astype(np.float64)) * (1 + 1e-9)
+        total = (inside + low, inside + high)
+    count, exhausted, ambiguous = _truncate(ordered, valid, complete, prm, total)
+    for outside_mass in (_outside_mass_fine, _outside_mass_exact):
+        if not ambiguous.any():
+            break
+        # The block bounds did not settle the nucleus: tighter bounds, then the exact mass.
+        redo = np.flatnonzero(ambiguous)
+        bounds = outside_mass(x, rows[redo], row_max[redo], prm.temperature[redo], index[redo], z[redo])
+        low, high = bounds if isinstance(bounds, tuple) else (bounds, bounds)
+        total = (inside[redo] + low, inside[redo] + high)
+        count[redo], exhausted[redo], ambiguous[redo] = _truncate(ordered[redo], valid[redo], complete[redo],
+                                                                  prm.take(redo), total)
+    done = np.flatnonzero(~exhausted)
+    cut = ordered[done, count[done] - 1]
+    return _Candidates(rows[done], index[done], z[done], cut), exhausted
 
 
 def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
     """Decide every row's kept set. ``x`` is (N, V) in compute precision."""
+    n_rows = x.shape[0]
     greedy = prm.temperature == 0
-    truncating = ~greedy & ((prm.top_k > 0) | (prm.top_p < 1) | (prm.min_p > 0))
-    block_max = _block_maxima(x) if truncating.any() else None
+    block_max = None if greedy.all() else _block_maxima(x)
     row_max = x.max(axis=-1) if block_max is None else block_max.max(axis=-1)
     status = _status(row_max)
     if status.any():
         return None, status
 
-    groups = []
+    first = np.zeros(n_rows, np.int64)
     greedy_rows = np.flatnonzero(greedy)
     if greedy_rows.size:
-        first = x[greedy_rows].argmax(axis=-1)
-        groups.append(_Candidates(greedy_rows, first[:, None], np.zeros((greedy_rows.size, 1), x.dtype),
-                                  np.ones(greedy_rows.size, np.int64)))
+        first[greedy_rows] = (x if greedy_rows.size == n_rows else x[greedy_rows]).argmax(axis=-1)
 
+    truncating = ~greedy & ((prm.top_k > 0) | (prm.top_p < 1) | (prm.min_p > 0))
+    cut = np.full(n_rows, -np.inf, x.dtype)
+    groups = []
     pending = np.flatnonzero(truncating)
     if pending.size:
-        needed = np.maximum(np.maximum(prm.top_k, prm.min_keep)[pending].max(), MIN_CANDIDATES)
-        n_blocks = int(needed) + 1
-        normaliser = None
+        n_blocks = _first_blocks(block_max[pending], row_max[pending], prm.take(pending))
         while pending.size:
-            rows_x = x[pending] if pending.size < x.shape[0] else x
-            sub = prm.take(pending)
-            if normaliser is None and np.any((sub.top_p < 1) & (sub.top_k == 0)):
-                normaliser = _softmax_denominators(x, row_max, prm.temperature)
-            index, value, threshold = _gather_candidates(rows_x, block_max[pending], n_blocks)
-            maximum = row_max[pending][:, None]
-            temperature = sub.temperature[:, None]
-            z = (value - maximum) / temperature
-            z_threshold = (threshold[:, None] - maximum) / temperature
-            valid = (z > z_threshold).sum(axis=-1)
-            z[np.arange(z.shape[1]) >= valid[:, None]] = -np.inf
-            complete = threshold == -np.inf
-            count, exhausted = _truncate(z, valid, complete, sub,
-                                         None if normaliser is None else normaliser[pending])
-            done = ~exhausted
-            width = max(int(count[done].max()), 1) if done.any() else 1
-            groups.append(_Candidates(pending[done], index[done, :width], z[done, :width], count[done]))
+            group, exhausted = _truncate_rows(x, pending, prm.take(pending), block_max[pending],
+                                              row_max[pending], n_blocks)
+            groups.append(group)
+            cut[group.rows] = group.cut
             pending = pending[exhausted]
             n_blocks *= GROWTH
-
     dense = ~greedy & ~truncating
-    return _Kept(row_max, dense, groups), status
+    return _Kept(row_max, greedy, first, dense, cut, block_max, groups), status
 
 
 def _softmax_denominators(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray) -> np.ndarray:
@@ -317,14 +457,14 @@ def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarr
     kept, status = _pipeline(x, prm)
     if kept is None:
         return None, status.reshape(batch_shape)
-    out = np.full(x.shape, -np.inf, x.dtype)
-    dense = np.flatnonzero(kept.dense)
-    if dense.size:
-        out[dense] = _tempered(x[dense], kept.row_max[dense], prm.temperature[dense])
-    for group in kept.groups:
-        keep = np.arange(group.index.shape[1]) < group.count[:, None]
-        rows = np.broadcast_to(group.rows[:, None], keep.shape)
-        out[rows[keep], group.index[keep]] = group.logit[keep]
+    out = _tempered(x, kept.row_max, prm.temperature)
+    cut = kept.cut[:, None]
+    if np.any(cut > -np.inf):
+        np.copyto(out, -np.inf, where=out < cut)
+    greedy_rows = np.flatnonzero(kept.greedy)
+    if greedy_rows.size:
+        out[greedy_rows] = -np.inf
+        out[greedy_rows, kept.first[greedy_rows]] = 0
     return out.reshape(logits.shape), status.reshape(batch_shape)
 
 
@@ -333,27 +473,28 @@ def probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None
     z, status = process_logits(logits, params)
     if z is None:
         return None, status
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    e = np.exp(z, out=z)  # every row's largest kept logit is 0: no shift needed
     e /= e.sum(axis=-1, keepdims=True)
     return e, status
 
 
-def sample(rng: np.random.Generator, logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
-    """One exact draw per row from the kept set, by inverse CDF on one uniform per row."""
+def sample(rng: np.random.Generator, logits: np.ndarray,
+           params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
+    """One exact draw per row from the kept set, by inverse CDF on two uniforms per row."""
     x = _rows(logits)
     batch_shape = logits.shape[:-1]
     prm = _Rows.from_params(params, batch_shape, x.dtype)
-    uniform = rng.random(x.shape[0])
+    uniform = rng.random((x.shape[0], 2))
     kept, status = _pipeline(x, prm)
     if kept is None:
         return None, status.reshape(batch_shape)
-    ids = np.empty(x.shape[0], np.int64)
+    ids = kept.first.copy()
     dense = np.flatnonzero(kept.dense)
     if dense.size:
-        rows_x = x[dense] if dense.size < x.shape[0] else x
-        ids[dense] = _draw_dense(rows_x, kept.row_max[dense], prm.temperature[dense], uniform[dense])
+        ids[dense] = _draw_dense(x, dense, kept.block_max[dense], kept.row_max[dense], prm.temperature[dense],
+                                 uniform[dense])
     for group in kept.groups:
-        ids[group.rows] = _draw_candidates(group, uniform[group.rows])
+        ids[group.rows] = _draw_candidates(group.index, group.logit, group.cut, uniform[group.rows, 1])
     return ids.reshape(batch_shape), status.reshape(batch_shape)
 
 
@@ -368,31 +509,73 @@ def _pick(cumulative: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.
     return np.minimum(position, last_positive)
 
 
-def _draw_candidates(group: _Candidates, uniform: np.ndarray) -> np.ndarray:
-    keep = np.arange(group.index.shape[1]) < group.count[:, None]
-    weight = np.where(keep, np.exp(group.logit.astype(np.float64)), 0.0)
+def _draw_candidates(index: np.ndarray, logit: np.ndarray, cut: np.ndarray,
+                     uniform: np.ndarray) -> np.ndarray:
+    """Inverse CDF over the candidates whose tempered logit is at least ``cut``."""
+    weight = np.exp(logit.astype(np.float64))
+    weight[logit < cut[:, None]] = 0.0
     cumulative = np.cumsum(weight, axis=-1)
     position = _pick(cumulative, uniform * cumulative[:, -1], weight)
-    return np.take_along_axis(group.index, position[:, None], -1)[:, 0]
+    return np.take_along_axis(index, position[:, None], -1)[:, 0]
 
 
-def _draw_dense(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray, uniform: np.ndarray) -> np.ndarray:
-    """Inverse CDF over the whole row without a row-long cumulative sum: block, then token."""
-    n_rows, vocab = x.shape
-    e = _tempered(x, row_max, temperature)
-    np.exp(e, out=e)
+def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max: np.ndarray,
+                temperature: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Exact draws from every finite token of ``rows``, by the head/tail mixture (module docstring).
+
+    ``uniform[:, 0]`` picks the part, ``uniform[:, 1]`` the token inside it.
+    """
+    blocks, _ = _choose_blocks(block_max, DENSE_HEAD)
+    index, value = _gather(x, rows, blocks)
+    head_logit = (value - row_max[:, None]) / temperature[:, None]
+    head_weight = np.exp(head_logit.astype(np.float64))
+    head = head_weight.sum(axis=-1)
+    if blocks is None:
+        low = high = np.zeros(rows.size)
+    else:
+        low, high = _outside_mass(block_max, blocks, row_max, temperature, x.shape[1])
+    # The head is picked iff u * (head + tail) < head; bounds on the tail settle most rows.
+    in_head = uniform[:, 0] * (head + high) < head
+    unsure = np.flatnonzero(~in_head & (uniform[:, 0] * (head + low) < head))
+    if unsure.size:
+        low, high = _outside_mass_fine(x, rows[unsure], row_max[unsure], temperature[unsure], index[unsure],
+                                       head_logit[unsure])
+        in_head[unsure] = uniform[unsure, 0] * (head[unsure] + high) < head[unsure]
+    ids = np.empty(rows.size, np.int64)
+    maybe_tail = np.flatnonzero(~in_head)
+    for j in maybe_tail:  # rare: the tail's exact weights decide, and the token is drawn from them
+        weight = _tempered(x[rows[j]][None], row_max[j : j + 1], temperature[j : j + 1])
+        np.exp(weight, out=weight)
+        weight[0, index[j]] = 0
+        tail = weight.sum(dtype=np.float64)
+        in_head[j] = uniform[j, 0] * (head[j] + tail) < head[j]
+        if not in_head[j]:
+            ids[j] = _draw_by_blocks(weight, uniform[j : j + 1, 1])[0]
+
+    chosen = np.flatnonzero(in_head)
+    cumulative = np.cumsum(head_weight[chosen], axis=-1)
+    position = _pick(cumulative, uniform[chosen, 1] * cumulative[:, -1], head_weight[chosen])
+    ids[chosen] = np.take_along_axis(index[chosen], position[:, None], -1)[:, 0]
+    return ids
+
+
+def _draw_by_blocks(weight: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Inverse CDF over whole rows of weights without a row-long cumulative sum: block, then token."""
+    n_rows, vocab = weight.shape
     full = vocab // BLOCK
-    sums = [e[:, : full * BLOCK].reshape(n_rows, full, BLOCK).sum(axis=-1)] if full else []
+    sums = [weight[:, : full * BLOCK].reshape(n_rows, full, BLOCK).sum(axis=-1)] if full else []
     if vocab % BLOCK:
-        sums.append(e[:, full * BLOCK :].sum(axis=-1, keepdims=True))
+        sums.append(weight[:, full * BLOCK :].sum(axis=-1, keepdims=True))
     block_weight = np.concatenate(sums, axis=1).astype(np.float64)
     block_cumulative = np.cumsum(block_weight, axis=-1)
     target = uniform * block_cumulative[:, -1]
     block = _pick(block_cumulative, target, block_weight)
-    before = np.where(block > 0, np.take_along_axis(block_cumulative, np.maximum(block - 1, 0)[:, None], -1)[:, 0], 0.0)
+    previous = np.take_along_axis(block_cumulative, np.maximum(block - 1, 0)[:, None], -1)[:, 0]
+    before = np.where(block > 0, previous, 0.0)
 
     index = block[:, None] * BLOCK + np.arange(BLOCK)
     inside = index < vocab
-    weight = np.where(inside, np.take_along_axis(e, np.minimum(index, vocab - 1), -1), 0).astype(np.float64)
-    position = _pick(np.cumsum(weight, axis=-1), target - before, weight)
+    in_block = np.take_along_axis(weight, np.minimum(index, vocab - 1), -1).astype(np.float64)
+    in_block[~inside] = 0.0
+    position = _pick(np.cumsum(in_block, axis=-1), target - before, in_block)
     return block * BLOCK + position
