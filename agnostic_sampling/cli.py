@@ -20,8 +20,12 @@ __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class _MissingDependency(Exception):
-    """An optional dependency or module is absent; the message says what to do."""
+class _UsageError(Exception):
+    """The command cannot run as asked (exit code 2); the message says why and what to do."""
+
+
+class _MissingDependency(_UsageError):
+    """An optional dependency or module is absent; the message says what to install."""
 
 
 def _backend_option(parser: argparse.ArgumentParser) -> None:
@@ -64,17 +68,24 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 class _ProgressBar:
-    """A one-line progress bar on stderr, redrawn in place: ``[#####     ] 5/10 label``."""
+    """A progress bar on stderr: ``[#####     ] 5/10 label``, redrawn in place on a terminal.
+
+    Into a file or a pipe (a CI log) it writes one line per update instead, since a carriage
+    return there leaves every intermediate state in the log.
+    """
 
     def __init__(self, stream: Any = None, width: int = 30):
         self.stream = sys.stderr if stream is None else stream
         self.width = width
+        self.in_place = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def __call__(self, done: int, total: int, label: str = "") -> None:
         filled = round(self.width * done / total) if total else self.width
-        bar = "#" * filled + " " * (self.width - filled)
-        end = "\n" if done >= total else ""
-        self.stream.write(f"\r[{bar}] {done}/{total} {label}".ljust(self.width + 60)[: self.width + 60] + end)
+        line = f"[{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} {label}"
+        if self.in_place:
+            self.stream.write("\r" + line.ljust(self.width + 50) + ("\n" if done >= total else ""))
+        else:
+            self.stream.write(line + "\n")
         self.stream.flush()
 
 
@@ -93,10 +104,13 @@ def _run_verify(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("scipy") is None:
         raise _MissingDependency("verify needs SciPy: pip install 'agnostic-sampling[stats]'")
     verify = _import_optional("agnostic_sampling.verify", "verify")
-    keywords: dict[str, Any] = {"backend": args.backend, "progress": _ProgressBar()}
+    keywords: dict[str, Any] = {"backend": args.backend, "progress": _ProgressBar(), "seed": args.seed}
     if args.n is not None:
         keywords["n"] = args.n
-    rows = verify.run_verification(**keywords)
+    try:
+        rows = verify.run_verification(**keywords)
+    except ValueError as error:  # a value the verification refuses, such as too few draws
+        raise _UsageError(str(error)) from error
     print(verify.format_table(rows))
     return EXIT_FAILED if any(_row_failed(row) for row in rows) else EXIT_OK
 
@@ -149,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _backend_option(verify)
     verify.add_argument("--n", type=_positive_int, default=None,
-                        help="draws per strategy (default: the verification's own)")
+                        help="draws per strategy, at least 1000 (default: the verification's own, 100000)")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     verify.set_defaults(run=_run_verify)
 
     bench = sub.add_parser(
@@ -194,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _run_bench(args, rest)
         return args.run(args)
-    except _MissingDependency as error:
+    except _UsageError as error:
         print(f"agnostic-sampling {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

@@ -13,7 +13,7 @@ import functools
 import importlib.resources
 import importlib.util
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -235,44 +235,21 @@ def find_loop(text: str, max_period: int = 12) -> tuple[int, str] | None:
     return None
 
 
-def _keys(backend: str, seed: int) -> Iterator[Any]:
-    """One fresh key per decoding step, in the backend's own kind of randomness."""
-    if backend == "jax":
-        import jax
-
-        key = jax.random.key(seed)
-        while True:
-            key, step_key = jax.random.split(key)
-            yield step_key
-    rng = np.random.default_rng(seed)
-    while True:
-        yield rng
-
-
 def _decode(model: BigramModel, prompt: str, new_tokens: int, backend: str, seed: int,
             params: dict[str, Any]) -> list[str]:
     """Decode one row per entry of the per-row ``params`` arrays, all rows in one batch."""
     rows = len(next(iter(params.values())))
     ids = np.tile(model.encode(prompt), (rows, 1))
-    if hasattr(smp, "generate"):
-        result = smp.generate(seed, model, ids, max_new_tokens=new_tokens, backend=backend, **params)
-        return [model.decode(row) for row in np.asarray(result.ids)]
-    # the plain decode loop, for a version of the package without `generate`
-    keys = _keys(backend, seed)
-    for _ in range(new_tokens):
-        logits = model(ids)[:, -1]
-        next_ids = np.asarray(smp.sample(next(keys), logits, backend=backend, **params))
-        ids = np.concatenate([ids, next_ids[:, None]], axis=1)
-    return [model.decode(row) for row in ids]
+    result = smp.generate(seed, model, ids, max_new_tokens=new_tokens, backend=backend, **params)
+    return [model.decode(row) for row in np.asarray(result.ids)]
 
 
 def _section_generation(backend: str, seed: int, write: Write) -> None:
     model = BigramModel.from_package_text()
     prompt, new_tokens = "alice ", 60
-    how = "one smp.generate call" if hasattr(smp, "generate") else "a decode loop over smp.sample"
     write(f"4. Decoding with a character bigram model ({len(model.alphabet)} characters, counted from "
           "Alice in Wonderland)")
-    write(f"   prompt {prompt!r}, {new_tokens} new characters, one row per strategy: {how}\n")
+    write(f"   prompt {prompt!r}, {new_tokens} new characters, one row per strategy, one smp.generate call\n")
     # one batch, per-row parameters: row 0 greedy (temperature 0), row 1 plain sampling, row 2 top-p
     labels = ["greedy", "temperature 1", "top-p 0.9"]
     params = {"temperature": np.array([0.0, 1.0, 1.0]), "top_p": np.array([1.0, 1.0, 0.9])}

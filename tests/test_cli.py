@@ -132,17 +132,6 @@ def test_demo_greedy_loops_and_sampling_does_not(demo_output: tuple[str, str]) -
     assert verdicts["top-p 0.9"] == "-> no loop"
 
 
-def test_demo_decoding_without_generate(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The plain decode loop (for a package without `generate`) shows the same behaviour."""
-    monkeypatch.delattr(smp, "generate", raising=False)
-    params = {"temperature": np.array([0.0, 1.0, 1.0]), "top_p": np.array([1.0, 1.0, 0.9])}
-    model = demo.BigramModel.from_package_text()
-    texts = demo._decode(model, "alice ", 40, "numpy", 0, params)
-    assert texts[0] == "alice " + "the " * 10
-    assert [demo.find_loop(text[6:]) for text in texts[1:]] == [None, None]
-    assert all(len(text) == 46 for text in texts)
-
-
 @pytest.mark.parametrize("backend", DEMO_BACKENDS)
 def test_bigram_model_on_each_backend(backend: str) -> None:
     model = demo.BigramModel.from_package_text()
@@ -284,8 +273,9 @@ def test_plot_without_matplotlib_exits_2(capsys: pytest.CaptureFixture[str], mon
 def _fake_verify(rows: list[dict[str, Any]], seen: dict[str, Any]) -> types.ModuleType:
     module = types.ModuleType("agnostic_sampling.verify")
 
-    def run_verification(*, backend: str, progress: Any, n: int | None = None) -> list[dict[str, Any]]:
-        seen.update(backend=backend, n=n)
+    def run_verification(*, backend: str, progress: Any, seed: int,
+                         n: int | None = None) -> list[dict[str, Any]]:
+        seen.update(backend=backend, n=n, seed=seed)
         for i in range(len(rows)):
             progress(i + 1, len(rows), rows[i]["strategy"])
         return rows
@@ -302,11 +292,25 @@ def test_verify_exit_code_and_progress(capsys: pytest.CaptureFixture[str], monke
     rows = [{"strategy": f"s{i}", "passed": ok} for i, ok in enumerate(passed)]
     seen: dict[str, Any] = {}
     monkeypatch.setitem(sys.modules, "agnostic_sampling.verify", _fake_verify(rows, seen))
-    got, out, err = run(capsys, "verify", "--n", "500")
+    got, out, err = run(capsys, "verify", "--n", "500", "--seed", "7")
     assert got == code
-    assert seen == {"backend": "numpy", "n": 500}
+    assert seen == {"backend": "numpy", "n": 500, "seed": 7}
     assert "s0 True" in out
     assert "[" + "#" * 30 + "] 2/2 s1" in err  # the progress bar ends full, on stderr
+
+
+@pytest.mark.skipif(not HAVE_SCIPY or importlib.util.find_spec("agnostic_sampling.verify") is None,
+                    reason="verify needs SciPy and agnostic_sampling.verify")
+def test_verify_for_real(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "verify", "--n", "1000", "--seed", "1")
+    assert code == cli.EXIT_OK, out + err
+    for strategy in ("greedy", "temperature", "top-k", "top-p", "min-p"):
+        assert re.search(rf"^{strategy}\s+numpy\s+1,000\s.*\spass$", out, re.MULTILINE), strategy
+    assert "FAIL" not in out
+    assert err.splitlines()[-1].startswith("[" + "#" * 30 + "]")  # the bar ends full
+    code, _, err = run(capsys, "verify", "--n", "10")  # below the verification's minimum
+    assert code == cli.EXIT_USAGE
+    assert "at least 1000" in err
 
 
 def test_verify_missing_module_exits_2(capsys: pytest.CaptureFixture[str],
