@@ -40,10 +40,10 @@ class Backend:
         args = tuple(self.array(a) if isinstance(a, np.ndarray) else a for a in args)
         if not self.jitted:
             return np.asarray(fn(*args, **kw))
-        import jax
-
+        # The parameters go in as traced arguments (the case that must not recompile), and
+        # one jitted function per operation is reused, so a test pays each compile once.
         params = smp.SamplingParams(**kw) if kw else smp.SamplingParams()
-        return np.asarray(jax.jit(lambda *a: fn(*a, params=params))(*args))
+        return np.asarray(_jitted(fn)(*args, params=params))
 
     def sample(self, key: Any, logits: Any, **kw: Any) -> np.ndarray:
         return self._call(smp.sample, key, logits, **kw)
@@ -57,9 +57,19 @@ class Backend:
     def greedy(self, logits: Any) -> np.ndarray:
         if not self.jitted:
             return np.asarray(smp.greedy(self.array(logits)))
+        return np.asarray(_jitted(smp.greedy)(self.array(logits)))
+
+
+_JITTED: dict[Any, Any] = {}
+
+
+def _jitted(fn: Any) -> Any:
+    """``jax.jit(fn)``, built once per function (JAX caches compiles per jitted object)."""
+    if fn not in _JITTED:
         import jax
 
-        return np.asarray(jax.jit(smp.greedy)(self.array(logits)))
+        _JITTED[fn] = jax.jit(fn)
+    return _JITTED[fn]
 
 
 BACKENDS = [
