@@ -58,8 +58,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     from agnostic_sampling import demo
 
     _check_backend(args.backend)
-    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-        raise _MissingDependency("--plot needs matplotlib: pip install 'agnostic-sampling[plot]'")
+    if args.plot is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _MissingDependency("--plot needs matplotlib: pip install 'agnostic-sampling[plot]'")
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):  # found now, not after the demo has run
+            raise _UsageError(f"--plot {args.plot}: the folder {folder} does not exist")
     demo.run_demo(args.backend, seed=args.seed, draws=args.draws)
     if args.plot is not None:
         demo.plot(args.plot, args.backend)

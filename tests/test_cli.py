@@ -205,7 +205,7 @@ def test_help(capsys: pytest.CaptureFixture[str], argv: list[str], expect: list[
 
 
 def test_subprocess_entry_point() -> None:
-    """``python -m agnostic_sampling`` works as a program, and the console script names `cli.main`."""
+    """``python -m agnostic_sampling`` works as a program: output on stdout, exit codes."""
     done = subprocess.run([sys.executable, "-m", "agnostic_sampling", "demo", "--draws", "200"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -214,6 +214,14 @@ def test_subprocess_entry_point() -> None:
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert "invalid choice: 'cupy'" in bad.stderr
+
+
+def test_console_script_is_cli_main() -> None:
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["agnostic-sampling"] == "agnostic_sampling.cli:main"
 
 
 def test_missing_backend_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,6 +263,13 @@ def test_plot_writes_a_png(capsys: pytest.CaptureFixture[str], tmp_path: Any) ->
     # the temperature-0.1 bar (orange, matplotlib's C1) is drawn: a tall run of that colour
     orange = np.all(np.abs(pixels - np.array([1.0, 0.498, 0.055])) < 0.02, axis=-1)
     assert orange.sum(axis=0).max() > 200
+
+
+def test_plot_into_a_missing_folder_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    path = tmp_path / "no" / "such" / "folder" / "demo.png"
+    code, out, err = run(capsys, "demo", "--plot", str(path))
+    assert code == cli.EXIT_USAGE
+    assert "does not exist" in err and out == ""
 
 
 def test_plot_without_matplotlib_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
