@@ -558,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Command: `{command.strip()}`  \nMachine: {info.get('cpu', '?')}, {info['cpus']} CPUs, "
               f"{info['platform']}; numpy {info['numpy']}"
               + "".join(f", {m} {info[m]}" for m in ("jax", "torch", "transformers") if m in info)
-              + f"  \nStarted {started:%Y-%m-%d %H:%M} UTC; medians of up to {args.repeats} calls after warm-up.\n")
+              + f"  \nStarted {started:%Y-%m-%d %H:%M} UTC; medians of up to {args.repeats} calls "
+              "after warm-up.\n")
     print(header)
     print(table)
     if not args.no_save:

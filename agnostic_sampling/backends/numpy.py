@@ -45,6 +45,7 @@ BLOCK = 256  # logits per block of the block-maximum pass
 MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unknown (top-p, min-p)
 GROWTH = 8  # how much the candidate list grows when a row needs more
 DENSE_HEAD = 16  # blocks in the head of a dense row's mixture draw
+CHUNK = 2**17  # logits per chunk of the row-wise passes that must stay in cache
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
@@ -168,39 +169,40 @@ def _choose_blocks(block_max: np.ndarray, n_blocks: int) -> tuple[np.ndarray | N
     return blocks, np.take_along_axis(block_max, blocks, -1).min(axis=-1)
 
 
-def _gather(x: np.ndarray, rows: np.ndarray, blocks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and logits of the chosen blocks of ``rows`` (all tokens when ``blocks`` is None).
+def _gather(x: np.ndarray, rows: np.ndarray, blocks: np.ndarray | None) -> np.ndarray:
+    """The logits of the chosen blocks of ``rows``, block after block (the whole rows for None).
 
     Positions past the end of the vocabulary (in a short last block) get the logit ``-inf``.
     """
     vocab = x.shape[1]
     if blocks is None:
-        return np.broadcast_to(np.arange(vocab), (rows.size, vocab)), x[rows]
-    if vocab % BLOCK == 0:  # copy whole blocks instead of single tokens
-        value = x.reshape(x.shape[0], -1, BLOCK)[rows[:, None], blocks].reshape(rows.size, -1)
-        index = (blocks[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(rows.size, -1)
-        return index, value
+        return x[rows]
+    if vocab % BLOCK == 0:  # copy whole blocks rather than single tokens
+        return x.reshape(x.shape[0], -1, BLOCK)[rows[:, None], blocks].reshape(rows.size, -1)
     index = (blocks[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(rows.size, -1)
     past_end = index >= vocab
     np.minimum(index, vocab - 1, out=index)
     value = x[rows[:, None], index]
     value[past_end] = -np.inf
-    return index, value
+    return value
 
 
-def _compact(keep: np.ndarray, index: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The entries where ``keep`` holds, moved to the front of each row; padding is ``-inf``."""
-    counts = keep.sum(axis=-1)
-    width = max(int(counts.max()), 1)
-    if width == keep.shape[1] and keep.all():
-        return index, value
-    row, column = np.nonzero(keep)
-    position = np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    out_index = np.zeros((keep.shape[0], width), np.int64)
-    out_value = np.full((keep.shape[0], width), -np.inf, value.dtype)
-    out_index[row, position] = index[row, column]
-    out_value[row, position] = value[row, column]
-    return out_index, out_value
+def _compact(keep: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries where ``keep`` holds, moved to the front of each row, with their columns.
+
+    Returns ``(column, value)``, both (R, W) with W the largest count; padding is ``-inf``.
+    """
+    n_rows, width = keep.shape
+    flat = np.flatnonzero(keep)  # much faster than a 2-D nonzero
+    row, column = np.divmod(flat, width)
+    counts = np.bincount(row, minlength=n_rows)
+    position = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    out_width = max(int(counts.max()), 1)
+    out_column = np.zeros((n_rows, out_width), np.int64)
+    out_value = np.full((n_rows, out_width), -np.inf, value.dtype)
+    out_column[row, position] = column
+    out_value[row, position] = value.reshape(-1)[flat]
+    return out_column, out_value
 
 
 def _outside_mass(block_max: np.ndarray, blocks: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
@@ -219,43 +221,50 @@ def _outside_mass(block_max: np.ndarray, blocks: np.ndarray, row_max: np.ndarray
     return weight.sum(axis=-1) * (1 - 1e-9), (weight @ sizes) * (1 + 1e-9)
 
 
+def _row_chunks(n_rows: int, vocab: int) -> list[slice]:
+    """Slices of about ``CHUNK`` logits each, whole rows, so that temporaries stay in cache."""
+    step = max(1, CHUNK // vocab)
+    return [slice(start, start + step) for start in range(0, n_rows, step)]
+
+
+def _without(weight: np.ndarray, index: np.ndarray, logit: np.ndarray) -> np.ndarray:
+    """``weight`` with the entries ``index[r, j]`` whose ``logit[r, j]`` is finite set to 0."""
+    inside = logit > -np.inf
+    weight[np.broadcast_to(np.arange(index.shape[0])[:, None], index.shape)[inside], index[inside]] = 0
+    return weight
+
+
 def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
-                      index: np.ndarray, logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       index: np.ndarray, logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bounds within 6.2% on the mass of the tokens of ``rows`` other than ``index[logit > -inf]``.
 
-    Costs a few cheap passes per row instead of an exponential: writing ``z log2(e) = n + f``
-    with ``0 <= f < 1``, the float32 whose exponent field is ``n`` and whose mantissa is ``f``
-    (the bits of ``int((z log2(e) + 127) * 2**23)``) equals ``2**n (1 + f)``, and
-    ``2**f <= 1 + f <= 1.0615 * 2**f``. Rounding in the arithmetic is covered by a 1e-4 slack.
+    Costs a few cheap passes instead of an exponential: writing ``z log2(e) = n + f`` with
+    ``0 <= f < 1``, the float32 whose exponent field is ``n`` and whose mantissa is ``f`` (the
+    bits of ``int((z log2(e) + 127) * 2**23)``) equals ``2**n (1 + f)``, and
+    ``2**f <= 1 + f <= 1.0615 * 2**f``. A 1e-4 slack covers the rounding of the arithmetic.
     """
-    vocab = x.shape[1]
-    work = np.empty(vocab, x.dtype)
-    bits = np.empty(vocab, np.int32)
-    value = bits.view(np.float32)
     total = np.empty(rows.size)
-    for j, row in enumerate(rows):  # one row at a time, so the temporaries stay in cache
-        np.subtract(x[row], row_max[j], out=work)
-        np.multiply(work, np.log2(np.e) * 2**23 / float(temperature[j]), out=work)
+    scale = (np.log2(np.e) * 2**23 / temperature.astype(np.float64))[:, None]
+    for part in _row_chunks(rows.size, x.shape[1]):
+        work = np.subtract(x[rows[part]], row_max[part, None])
+        np.multiply(work, scale[part].astype(work.dtype), out=work)
         np.add(work, 127 * 2**23, out=work)
-        np.maximum(work, 2**23, out=work)  # below 2**-126 count 2**-126: still an upper bound
-        np.copyto(bits, work, casting="unsafe")  # truncation: the floor of a positive value
-        value[index[j][logit[j] > -np.inf]] = 0
-        total[j] = value.sum(dtype=np.float64)
-    low = np.maximum(total * (1 - 1e-4) / 1.0615 - vocab * 2.0**-126, 0.0)
+        np.maximum(work, 2**23, out=work)  # below 2**-126 counts as 2**-126: still an upper bound
+        bits = work.astype(np.int32)  # truncation: the floor of a positive value
+        value = _without(bits.view(np.float32), index[part], logit[part])
+        total[part] = value.sum(axis=-1, dtype=np.float64)
+    low = np.maximum(total * (1 - 1e-4) / 1.0615 - x.shape[1] * 2.0**-126, 0.0)
     return low, total * (1 + 1e-4)
 
 
 def _outside_mass_exact(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
                         index: np.ndarray, logit: np.ndarray) -> np.ndarray:
     """The mass of the tokens of ``rows`` other than ``index[logit > -inf]`` (float64)."""
-    e = np.empty(x.shape[1], x.dtype)
     total = np.empty(rows.size)
-    for j, row in enumerate(rows):  # one row at a time, so the temporaries stay in cache
-        np.subtract(x[row], row_max[j], out=e)
-        e /= temperature[j]
+    for part in _row_chunks(rows.size, x.shape[1]):
+        e = _tempered(x[rows[part]], row_max[part], temperature[part])
         np.exp(e, out=e)
-        e[index[j][logit[j] > -np.inf]] = 0
-        total[j] = e.sum(dtype=np.float64)
+        total[part] = _without(e, index[part], logit[part]).sum(axis=-1, dtype=np.float64)
     return total
 
 
@@ -345,49 +354,69 @@ def _first_blocks(block_max: np.ndarray, row_max: np.ndarray, prm: _Rows) -> int
     return int(np.maximum(tokens, prm.min_keep).max()) + 1
 
 
+@dataclass
+class _Head:
+    """The largest tokens of some rows, proven complete by the block maxima (module docstring)."""
+
+    index: np.ndarray  # (R, W) token ids, in no particular order
+    logit: np.ndarray  # (R, W) their tempered logits; -inf for padding
+    valid: np.ndarray  # (R,) how many finite entries: every token of the row above the threshold
+    complete: np.ndarray  # (R,) bool: the head is the whole row
+    low: np.ndarray  # (R,) lower bound on the mass sum(exp(z)) of the tokens not in the head
+    high: np.ndarray  # (R,) upper bound on the same
+
+
+def _head(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max: np.ndarray,
+          temperature: np.ndarray, n_blocks: int) -> _Head:
+    """The tokens of ``rows`` above the smallest of their ``n_blocks`` largest block maxima."""
+    blocks, threshold = _choose_blocks(block_max, n_blocks)
+    value = _gather(x, rows, blocks)
+    # Only tokens above the threshold are certainly the row's largest: drop the rest first.
+    index, value = _compact(value > threshold[:, None], value)
+    if blocks is not None:  # from a column of the gathered blocks to a token id
+        index = np.take_along_axis(blocks, index // BLOCK, -1) * BLOCK + index % BLOCK
+    logit = (value - row_max[:, None]) / temperature[:, None]
+    z_threshold = (threshold - row_max) / temperature
+    logit[logit <= z_threshold[:, None]] = -np.inf  # rounding can merge a token with the threshold
+    valid = np.isfinite(logit).sum(axis=-1)
+    if blocks is None:
+        low = high = np.zeros(rows.size)
+    else:
+        low, high = _outside_mass(block_max, blocks, row_max, temperature, x.shape[1])
+        # The gathered tokens left out are at most the threshold.
+        left_out = blocks.shape[1] * BLOCK - valid
+        high = high + left_out * np.exp(z_threshold.astype(np.float64)) * (1 + 1e-9)
+    return _Head(index, logit, valid, threshold == -np.inf, low, high)
+
+
 def _truncate_rows(x: np.ndarray, rows: np.ndarray, prm: _Rows, block_max: np.ndarray, row_max: np.ndarray,
                    n_blocks: int) -> tuple[_Candidates, np.ndarray]:
     """One attempt at the kept sets of ``rows`` from their ``n_blocks`` largest blocks.
 
     Returns the kept sets of the rows that succeeded, and a mask of the rows that need more.
     """
-    blocks, threshold = _choose_blocks(block_max, n_blocks)
-    index, value = _gather(x, rows, blocks)
-    # Only tokens above the threshold can be valid: drop the rest of the gathered blocks first.
-    index, value = _compact(value > threshold[:, None], index, value)
-    maximum, temperature = row_max[:, None], prm.temperature[:, None]
-    z = (value - maximum) / temperature
-    z_threshold = (threshold - row_max) / prm.temperature
-    z[z <= z_threshold[:, None]] = -np.inf  # rounding can merge a token with the threshold
-    ordered = np.sort(z, axis=-1)[:, ::-1]
-    valid = np.isfinite(ordered).sum(axis=-1)
-    complete = threshold == -np.inf
-
+    head = _head(x, rows, block_max, row_max, prm.temperature, n_blocks)
+    ordered = np.sort(head.logit, axis=-1)[:, ::-1]
+    valid, complete = head.valid, head.complete
     total = inside = None
     if np.any((prm.top_p < 1) & ~complete):
         inside = np.exp(ordered.astype(np.float64)).sum(axis=-1)
-        if blocks is None:
-            low = high = inside
-        else:
-            low, high = _outside_mass(block_max, blocks, row_max, prm.temperature, x.shape[1])
-            # Gathered tokens that are not valid are at most the threshold.
-            not_valid = n_blocks * BLOCK - valid
-            high = high + not_valid * np.exp(z_threshold.astype(np.float64)) * (1 + 1e-9)
-        total = (inside + low, inside + high)
+        total = (inside + head.low, inside + head.high)
     count, exhausted, ambiguous = _truncate(ordered, valid, complete, prm, total)
     for outside_mass in (_outside_mass_fine, _outside_mass_exact):
         if not ambiguous.any():
             break
         # The block bounds did not settle the nucleus: tighter bounds, then the exact mass.
         redo = np.flatnonzero(ambiguous)
-        bounds = outside_mass(x, rows[redo], row_max[redo], prm.temperature[redo], index[redo], z[redo])
+        bounds = outside_mass(x, rows[redo], row_max[redo], prm.temperature[redo], head.index[redo],
+                              head.logit[redo])
         low, high = bounds if isinstance(bounds, tuple) else (bounds, bounds)
         total = (inside[redo] + low, inside[redo] + high)
         count[redo], exhausted[redo], ambiguous[redo] = _truncate(ordered[redo], valid[redo], complete[redo],
                                                                   prm.take(redo), total)
     done = np.flatnonzero(~exhausted)
     cut = ordered[done, count[done] - 1]
-    return _Candidates(rows[done], index[done], z[done], cut), exhausted
+    return _Candidates(rows[done], head.index[done], head.logit[done], cut), exhausted
 
 
 def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
@@ -525,37 +554,32 @@ def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max:
 
     ``uniform[:, 0]`` picks the part, ``uniform[:, 1]`` the token inside it.
     """
-    blocks, _ = _choose_blocks(block_max, DENSE_HEAD)
-    index, value = _gather(x, rows, blocks)
-    head_logit = (value - row_max[:, None]) / temperature[:, None]
-    head_weight = np.exp(head_logit.astype(np.float64))
-    head = head_weight.sum(axis=-1)
-    if blocks is None:
-        low = high = np.zeros(rows.size)
-    else:
-        low, high = _outside_mass(block_max, blocks, row_max, temperature, x.shape[1])
+    head = _head(x, rows, block_max, row_max, temperature, DENSE_HEAD)
+    head_weight = np.exp(head.logit.astype(np.float64))
+    head_mass = head_weight.sum(axis=-1)
     # The head is picked iff u * (head + tail) < head; bounds on the tail settle most rows.
-    in_head = uniform[:, 0] * (head + high) < head
-    unsure = np.flatnonzero(~in_head & (uniform[:, 0] * (head + low) < head))
+    in_head = uniform[:, 0] * (head_mass + head.high) < head_mass
+    unsure = np.flatnonzero(~in_head & (uniform[:, 0] * (head_mass + head.low) < head_mass))
     if unsure.size:
-        low, high = _outside_mass_fine(x, rows[unsure], row_max[unsure], temperature[unsure], index[unsure],
-                                       head_logit[unsure])
-        in_head[unsure] = uniform[unsure, 0] * (head[unsure] + high) < head[unsure]
+        _, high = _outside_mass_fine(x, rows[unsure], row_max[unsure], temperature[unsure],
+                                     head.index[unsure],
+                                     head.logit[unsure])
+        in_head[unsure] = uniform[unsure, 0] * (head_mass[unsure] + high) < head_mass[unsure]
     ids = np.empty(rows.size, np.int64)
     maybe_tail = np.flatnonzero(~in_head)
-    for j in maybe_tail:  # rare: the tail's exact weights decide, and the token is drawn from them
-        weight = _tempered(x[rows[j]][None], row_max[j : j + 1], temperature[j : j + 1])
+    for part in _row_chunks(maybe_tail.size, x.shape[1]):  # rare: the tail's exact weights decide
+        some = maybe_tail[part]
+        weight = _tempered(x[rows[some]], row_max[some], temperature[some])
         np.exp(weight, out=weight)
-        weight[0, index[j]] = 0
-        tail = weight.sum(dtype=np.float64)
-        in_head[j] = uniform[j, 0] * (head[j] + tail) < head[j]
-        if not in_head[j]:
-            ids[j] = _draw_by_blocks(weight, uniform[j : j + 1, 1])[0]
+        tail = _without(weight, head.index[some], head.logit[some]).sum(axis=-1, dtype=np.float64)
+        in_head[some] = uniform[some, 0] * (head_mass[some] + tail) < head_mass[some]
+        in_tail = ~in_head[some]
+        ids[some[in_tail]] = _draw_by_blocks(weight[in_tail], uniform[some[in_tail], 1])
 
     chosen = np.flatnonzero(in_head)
     cumulative = np.cumsum(head_weight[chosen], axis=-1)
     position = _pick(cumulative, uniform[chosen, 1] * cumulative[:, -1], head_weight[chosen])
-    ids[chosen] = np.take_along_axis(index[chosen], position[:, None], -1)[:, 0]
+    ids[chosen] = np.take_along_axis(head.index[chosen], position[:, None], -1)[:, 0]
     return ids
 
 
