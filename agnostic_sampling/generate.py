@@ -476,7 +476,7 @@ def _decode_jax(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos
             if logits.ndim != 2 or logits.shape[0] != batch:
                 raise _wrong_shape("step", logits.shape, f"(B, V) = ({batch}, V)", f"({batch},)")
             return logits, state
-        start = jnp.clip(t + 1 - window, 0, total - window)
+        start = jnp.maximum(t + 1 - window, 0)  # the last `window` positions up to t
         out = fn(lax.dynamic_slice_in_dim(ids, start, window, axis=1))
         if out.ndim != 3 or out.shape[:2] != (batch, window):
             expected = f"(B, t, V) = ({batch}, {window}, V)"
