@@ -317,12 +317,13 @@ def test_jax_generate_inside_user_jit_with_weights_as_argument(jax_dec, seed):
     import jax
 
     @jax.jit
-    def decode(weights: Any, key: Any, prompt: Any) -> Any:
-        return smp.generate(key, lambda ids: weights[ids], prompt, params=strategy(top_p=0.9), **STANDARD).ids
+    def decode(weights: Any, key: Any, prompt: Any, lengths: Any, top_p: Any) -> Any:
+        return smp.generate(key, lambda ids: weights[ids], prompt, prompt_lengths=lengths,
+                            params=strategy(top_p=top_p), **STANDARD).ids
 
-    prompt = [[1, 2, 3], [4, 5, 6], [7, 0, 1]]
-    direct = jax_dec.standard(jax.random.key(seed), prompt, None, strategy(top_p=0.9))
-    jitted = decode(jax_dec.table, jax.random.key(seed), jax_dec.array(prompt))
+    prompt, lengths = [[1, 2, 3], [4, 5, 6], [7, 0, 1]], [3, 1, 2]
+    direct = jax_dec.standard(jax.random.key(seed), prompt, lengths, strategy(top_p=0.9))
+    jitted = decode(jax_dec.table, jax.random.key(seed), jax_dec.array(prompt), jax_dec.array(lengths), 0.9)
     assert np.asarray(jitted).tolist() == direct.ids.tolist()
 
 
