@@ -90,6 +90,7 @@ def as_key(key: Any) -> jax.Array:
 class _Plan(NamedTuple):
     """Which steps the compiled program contains (static; values stay traced)."""
 
+    temperature: bool  # False when the temperature is concretely 1 everywhere: no division
     top_k: bool
     top_p: bool
     min_p: bool
@@ -107,6 +108,7 @@ def _maybe_on(value: Any, off: Any) -> bool:
 
 def _plan(params: SamplingParams) -> _Plan:
     return _Plan(
+        temperature=_maybe_on(params.temperature, 1),
         top_k=_maybe_on(params.top_k, 0),
         top_p=_maybe_on(params.top_p, 1),
         min_p=_maybe_on(params.min_p, 0),
@@ -315,7 +317,13 @@ def _process(logits: jax.Array, params: SamplingParams, plan: _Plan) -> _Process
     rows = _rows_params(params, logits.shape[:-1], dtype)
     no_finite = clean.row_max == -jnp.inf
     shift = jnp.where(no_finite, 0, clean.row_max)
-    z = (x - shift[:, None]) / rows.temperature[:, None]
+    z = x - shift[:, None]
+    if plan.temperature:
+        # XLA rewrites a division by a broadcast row value into a multiplication by its
+        # reciprocal (off by an ulp); a materialised divisor keeps the true division, so the
+        # kept sets match the NumPy backend bit for bit.
+        divisor = lax.optimization_barrier(jnp.broadcast_to(rows.temperature[:, None], x.shape))
+        z = z / divisor
     if plan.top_k or plan.top_p or plan.min_p:
         weight = jnp.exp(z) if plan.top_p else None
         threshold = _threshold(z, weight, rows, plan, rows.greedy | no_finite)

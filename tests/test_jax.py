@@ -1,0 +1,209 @@
+"""JAX-only behaviour: one compile for every parameter value, vmap, scan, keys, the traced policy,
+and kept sets identical to the NumPy backend's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import agnostic_sampling as smp
+from agnostic_sampling.backends import OPERATIONS
+from agnostic_sampling.stats import reference_probs
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+jax_backend = pytest.importorskip("agnostic_sampling.backends.jax")
+
+ROWS, VOCAB = 8, 300
+
+
+def logits_for(seed: int, rows: int = ROWS, vocab: int = VOCAB) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((rows, vocab)) * 2).astype(np.float32)
+
+
+def per_row_params(rng: np.random.Generator, rows: int, vocab: int) -> dict[str, np.ndarray]:
+    """Random per-row parameters, each step on in about half the rows."""
+    on = lambda: rng.random(rows) < 0.5  # noqa: E731
+    return dict(
+        temperature=np.where(rng.random(rows) < 0.15, 0, rng.uniform(0.3, 2.0, rows)).astype(np.float32),
+        top_k=np.where(on(), rng.integers(1, max(2, vocab // 3), rows), 0).astype(np.int32),
+        top_p=np.where(on(), rng.uniform(0, 1, rows), 1).astype(np.float32),
+        min_p=np.where(on(), rng.uniform(0, 0.3, rows), 0).astype(np.float32),
+        min_keep=np.where(on(), rng.integers(1, 6, rows), 1).astype(np.int32),
+    )
+
+
+def test_defines_every_backend_operation():
+    numpy_backend = pytest.importorskip("agnostic_sampling.backends.numpy")
+    for name in OPERATIONS:
+        assert callable(getattr(jax_backend, name)) and callable(getattr(numpy_backend, name))
+
+
+def test_new_per_row_parameter_values_trace_once():
+    traces = []
+
+    @jax.jit
+    def draw(key, logits, params):
+        traces.append(1)
+        return smp.sample(key, logits, params=params)
+
+    logits = jnp.asarray(logits_for(0))
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        params = smp.SamplingParams(**per_row_params(rng, ROWS, VOCAB))
+        ids = draw(jax.random.key(i), logits, params)
+        allowed = np.asarray(smp.probs(logits, params=params)) > 0
+        assert allowed[np.arange(ROWS), np.asarray(ids)].all()
+    assert len(traces) == 1
+    assert draw._cache_size() == 1
+
+
+def test_vmap_over_rows_with_one_key_per_row_is_batch_invariant():
+    logits = jnp.asarray(logits_for(1))
+    keys = jax.random.split(jax.random.key(1), ROWS)
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95)
+    by_vmap = jax.vmap(lambda k, row: smp.sample(k, row, **kw))(keys, logits)
+    one_by_one = [int(smp.sample(keys[i], logits[i], **kw)) for i in range(3)]
+    np.testing.assert_array_equal(by_vmap[:3], one_by_one)
+    # The same keys given as a batch of keys, and any subset or order of the rows: same tokens.
+    np.testing.assert_array_equal(smp.sample(keys, logits, **kw), by_vmap)
+    order = np.array([5, 2, 7])
+    np.testing.assert_array_equal(smp.sample(keys[order], logits[order], **kw), by_vmap[order])
+    legacy = jax.random.key_data(keys)  # uint32 (rows, 2): legacy PRNGKeys
+    np.testing.assert_array_equal(smp.sample(legacy, logits, **kw), by_vmap)
+
+
+def test_vmap_over_traced_top_p_matches_one_call_per_value():
+    logits = jnp.asarray(logits_for(2)[0])
+    top_ps = jnp.asarray([0.0, 0.3, 0.6, 0.9, 1.0], jnp.float32)
+    batched = jax.vmap(lambda p: smp.probs(logits, top_p=p))(top_ps)
+    for i, p in enumerate(np.asarray(top_ps).tolist()):
+        np.testing.assert_array_equal(np.asarray(batched[i]) > 0, np.asarray(smp.probs(logits, top_p=p)) > 0)
+    sizes = (np.asarray(batched) > 0).sum(-1)
+    assert sizes[0] == 1 and sizes[-1] == logits.shape[0] and np.all(np.diff(sizes) > 0)
+
+
+def test_jit_of_vmap_of_sample():
+    logits = jnp.asarray(logits_for(3))
+    keys = jax.random.split(jax.random.key(3), ROWS)
+    top_k = jnp.arange(ROWS, dtype=jnp.int32)
+    jitted = jax.jit(jax.vmap(lambda k, row, kk: smp.sample(k, row, top_k=kk)))
+    ids = np.asarray(jitted(keys, logits, top_k))
+    ranks = (np.asarray(logits) > np.asarray(logits)[np.arange(ROWS), ids][:, None]).sum(-1)
+    assert np.all((ranks < np.maximum(np.arange(ROWS), 1)) | (np.arange(ROWS) == 0))
+    np.testing.assert_array_equal(ids[1], np.argmax(logits[1]))
+
+
+def test_identical_rows_with_one_key_draw_different_tokens():
+    logits = jnp.asarray(np.tile(logits_for(4, 1, 1000), (256, 1)))
+    ids = np.asarray(smp.sample(jax.random.key(4), logits, temperature=1.5, top_p=0.99))
+    assert len(np.unique(ids)) > 40
+    np.testing.assert_array_equal(ids, np.asarray(smp.sample(jax.random.key(4), logits, temperature=1.5, top_p=0.99)))
+
+
+def test_int_typed_and_legacy_keys_agree():
+    logits = jnp.asarray(logits_for(5))
+    a = smp.sample(7, logits, top_k=30)
+    np.testing.assert_array_equal(a, smp.sample(jax.random.key(7), logits, top_k=30))
+    np.testing.assert_array_equal(a, smp.sample(jax.random.PRNGKey(7), logits, top_k=30))
+    assert a.dtype == jnp.int32 and isinstance(a, jax.Array)
+    with pytest.raises(ValueError, match=r"one key per row \(shape \(8,\)\), got key shape \(3,\)"):
+        smp.sample(jax.random.split(jax.random.key(0), 3), logits)
+
+
+def test_tempered_logits_are_bit_identical_to_numpy():
+    logits = logits_for(6)
+    kw = dict(temperature=np.linspace(0.3, 1.7, ROWS).astype(np.float32), top_k=50, top_p=0.9)
+    z_numpy = smp.process_logits(logits, **kw)
+    z_jax = np.asarray(smp.process_logits(jnp.asarray(logits), **kw))
+    np.testing.assert_array_equal(z_jax, z_numpy)
+
+
+@pytest.mark.parametrize("vocab", [7, 1000, 32000])
+def test_kept_sets_match_numpy_on_random_per_row_parameters(vocab):
+    rows = 24
+    rng = np.random.default_rng(vocab)
+    logits = logits_for(vocab, rows, vocab)
+    logits[::2] = np.round(logits[::2] * 4) / 4  # many exact ties in half of the rows
+    params = per_row_params(rng, rows, vocab)
+    kept_numpy = smp.probs(logits, **params) > 0
+    jitted = jax.jit(lambda x, p: smp.probs(x, params=p))  # every parameter traced
+    kept_jax = np.asarray(jitted(jnp.asarray(logits), smp.SamplingParams(**params))) > 0
+
+    # A token may differ only if its decision flips when p or min_p moves by 1e-5 relative:
+    # the oracle's kept set with the thresholds loosened must contain it, tightened must not.
+    band = dict(params, top_p=np.minimum(params["top_p"] * (1 + 1e-5), 1), min_p=params["min_p"] * (1 - 1e-5))
+    may_keep = reference_probs(logits, **band) > 0
+    band = dict(params, top_p=params["top_p"] * (1 - 1e-5), min_p=np.minimum(params["min_p"] * (1 + 1e-5), 1))
+    must_keep = reference_probs(logits, **band) > 0
+    differ = kept_numpy != kept_jax
+    assert not np.any(differ & (must_keep | ~may_keep)), np.argwhere(differ)
+    assert differ.sum() <= 2  # boundary cases are rare; measured: none at these seeds
+    assert np.all(kept_jax.sum(-1) >= 1)
+
+
+def test_traced_bad_input_policy_under_jit():
+    logits = np.array(
+        [
+            [1.0, np.nan, 3.0, 2.0],  # NaN counts as -inf
+            [np.inf, 0.0, np.inf, 1.0],  # only the +inf tokens
+            [-np.inf, -np.inf, -np.inf, -np.inf],  # nothing to sample: id -1, zero probabilities
+            [np.nan, np.nan, np.nan, np.nan],
+            [0.0, 2.0, 1.0, 2.0],  # bad temperature: greedy
+            [0.0, 2.0, 1.0, 3.0],  # top_k < 0: off; top_p > 1: off; min_keep 0: 1
+            [0.0, 2.0, 1.0, 3.0],  # top_p < 0: the top token
+            [0.0, 2.0, 1.0, 3.0],  # top_p NaN: off; min_p > 1: the top token
+        ],
+        np.float32,
+    )
+    params = smp.SamplingParams(
+        temperature=np.array([1, 1, 1, 1, -1, 1, 1, 1], np.float32),
+        top_k=np.array([0, 0, 0, 0, 0, -3, 0, 0]),
+        top_p=np.array([1, 1, 1, 1, 1, 1.5, -0.2, np.nan], np.float32),
+        min_p=np.array([0, 0, 0, 0, 0, 0, 0, 1.5], np.float32),
+        min_keep=np.array([1, 1, 1, 1, 1, 0, 1, 1]),
+    )
+    probs = np.asarray(jax.jit(lambda x, p: smp.probs(x, params=p))(logits, params))
+    expected_kept = [[1, 0, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0],
+                     [0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1]]
+    np.testing.assert_array_equal(probs > 0, expected_kept)
+    np.testing.assert_allclose(probs[1], [0.5, 0, 0.5, 0])
+    draw = jax.jit(lambda k, x, p: smp.sample(k, x, params=p))
+    for seed in range(5):
+        ids = np.asarray(draw(jax.random.key(seed), logits, params))
+        assert ids[2] == ids[3] == -1
+        assert all(probs[row, ids[row]] > 0 for row in (0, 1, 4, 5, 6, 7))
+    greedy = np.asarray(jax.jit(smp.greedy)(logits))
+    np.testing.assert_array_equal(greedy, [2, 0, -1, -1, 1, 3, 3, 3])
+    z = np.asarray(jax.jit(lambda x: smp.process_logits(x))(logits))
+    assert np.all(np.isneginf(z[2:4]))
+
+
+def test_sampling_inside_scan_and_while_loop():
+    logits = jnp.asarray(logits_for(8))
+    top_ps = jnp.linspace(0.2, 1.0, 6, dtype=jnp.float32)
+
+    def step(key, top_p):
+        key, sub = jax.random.split(key)
+        return key, smp.sample(sub, logits, temperature=0.8, top_k=40, top_p=top_p)
+
+    _, ids = jax.jit(lambda k: jax.lax.scan(step, k, top_ps))(jax.random.key(8))
+    assert ids.shape == (6, ROWS) and ids.dtype == jnp.int32
+    for i, p in enumerate(np.asarray(top_ps).tolist()):
+        allowed = np.asarray(smp.probs(logits, temperature=0.8, top_k=40, top_p=p)) > 0
+        assert allowed[np.arange(ROWS), np.asarray(ids[i])].all()
+
+    def body(carry):
+        i, key, total = carry
+        key, sub = jax.random.split(key)
+        return i + 1, key, total + smp.sample(sub, logits, top_k=1)
+
+    _, _, total = jax.lax.while_loop(lambda c: c[0] < 3, body, (0, jax.random.key(0), jnp.zeros(ROWS, jnp.int32)))
+    np.testing.assert_array_equal(total, 3 * np.argmax(logits, -1))
+
+
+def test_float64_input_is_computed_in_float32_without_x64():
+    logits = logits_for(9).astype(np.float64)
+    p = smp.probs(logits, backend="jax", top_k=5)
+    assert isinstance(p, jax.Array) and p.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(p) > 0, smp.probs(logits.astype(np.float32), top_k=5) > 0)
