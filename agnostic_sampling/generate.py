@@ -18,8 +18,9 @@ prompt is longer still consume prompt tokens while short rows already generate.
 
 Keys
 ----
-One draw per row per position. NumPy: a ``Generator`` made from ``key`` (or ``key`` itself) is
-consumed in order, one `sample` call per position from the first position that samples. JAX: the
+One draw per row per position, at every position where some row samples (positions where every
+row is still reading its prompt or has finished draw nothing). NumPy: a ``Generator`` made from
+``key`` (or ``key`` itself) is consumed in order, one `sample` call per such position. JAX: the
 draw at position ``t`` uses ``jax.random.fold_in(key, t)``. Both forms of the loop therefore give
 the same ids for the same key, and the same key always gives the same ids.
 """
@@ -380,10 +381,10 @@ class _NumpyLoop:
         for t in range(0 if self.step is not None else first_sampled, total - 1):
             logits = self.logits_at(t, ids)
             calls += 1
-            if t < first_sampled:
-                continue  # the step is only consuming the prompt
-            tokens = sample(plan.key, logits, params=plan.params, backend="numpy")
             taking = ~finished & (plan.lengths <= t + 1)
+            if not taking.any():
+                continue  # every row is reading its prompt (a step's prefill) or has finished
+            tokens = sample(plan.key, logits, params=plan.params, backend="numpy")
             ids[taking, t + 1] = tokens[taking]
             if plan.return_logprobs:
                 token_logprobs = _token_logprobs(logits, tokens, plan.params)
@@ -486,13 +487,24 @@ def _decode_jax(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos
     def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
         t, ids, logprobs, finished, generated, calls, state = carry
         logits, state = logits_at(t, ids, state)
-        tokens = sample(jax.random.fold_in(key, t), logits, params=params, backend="jax")
         taking = ~finished & (lengths <= t + 1)
+
+        def draw() -> tuple[Any, Any]:
+            tokens = sample(jax.random.fold_in(key, t), logits, params=params, backend="jax")
+            if logprobs is None:
+                return tokens, jnp.zeros(batch, jnp.float32)
+            return tokens, _token_logprobs(logits, tokens, params).astype(jnp.float32)
+
+        def skip() -> tuple[Any, Any]:
+            return jnp.zeros(batch, jnp.int32), jnp.zeros(batch, jnp.float32)
+
+        # positions where every row is still reading its prompt (all of a step's prefill) or
+        # has finished need no draw: skip the sampling pipeline there
+        tokens, token_logprobs = lax.cond(jnp.any(taking), draw, skip)
         column = jnp.where(taking, tokens, lax.dynamic_index_in_dim(ids, t + 1, axis=1, keepdims=False))
         ids = lax.dynamic_update_index_in_dim(ids, column, t + 1, axis=1)
         if logprobs is not None:
-            token_logprobs = jnp.where(taking, _token_logprobs(logits, tokens, params), 0.0)
-            token_logprobs = token_logprobs.astype(jnp.float32)
+            token_logprobs = jnp.where(taking, token_logprobs, 0.0)
             logprobs = lax.dynamic_update_index_in_dim(logprobs, token_logprobs, t + 1, axis=1)
         generated = generated + taking
         stopped = generated >= max_new_tokens

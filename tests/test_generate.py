@@ -273,10 +273,14 @@ def cached_bigram_step(dec: Decoder) -> tuple[Any, dict]:
     return step, {"cache": dec.array(np.full((B, P + N), -2), np.int32), "position": dec.array(0, np.int32)}
 
 
-def test_stateful_form_gives_the_same_ids(dec, seed):
+@pytest.mark.parametrize("prompt, lengths, temperature", [
+    ([[1, 2, 3], [4, 4, 0], [5, 6, 0]], [3, 2, 2], [1.0, 0.5, 2.0]),  # one prefill-only call
+    # row 0 ends at the first position while the others still read their prompts: no draw there
+    ([[3, 0, 0], [4, 4, 4], [5, 6, 1]], [1, 3, 3], [0.0, 0.5, 2.0]),
+])
+def test_stateful_form_gives_the_same_ids(dec, seed, prompt, lengths, temperature):
     step, state = cached_bigram_step(dec)
-    prompt, lengths = [[1, 2, 3], [4, 4, 0], [5, 6, 0]], [3, 2, 2]
-    params = strategy(temperature=np.array([1.0, 0.5, 2.0]), top_k=np.array([0, 3, 0]))
+    params = strategy(temperature=np.array(temperature), top_k=np.array([0, 3, 0]))
     plain = dec.standard(dec.key(seed), prompt, lengths, params)
     stateful = dec.run_with_state(dec.key(seed), step, state, prompt, prompt_lengths=lengths, params=params,
                                   **STANDARD)
