@@ -50,7 +50,8 @@ class GenerateResult(NamedTuple):
         logprobs: ``None`` unless ``return_logprobs=True``; then an array shaped like ``ids``
             holding each generated token's log-probability under the processed distribution
             (``log probs(logits, ...)[token]``), and 0 at prompt and padding positions, so that a
-            row's sum is the log-probability of its continuation.
+            row's sum is the log-probability of its continuation. float32 on JAX; on NumPy, the
+            precision `probs` computes in (float64 for float64 logits).
         model_calls: how many times the model (or step function) was called; on JAX, how many
             iterations the loop ran.
         state: the step function's final state (`generate_with_state`); ``None`` for `generate`.
