@@ -157,7 +157,7 @@ def test_mass_bounds_contain_the_exact_mass(temperature, seed):
     row_max = x.max(axis=-1)
     t = np.full(6, temperature, np.float32)
     block_max = nb._block_maxima(x)
-    head = nb._head(x, rows, block_max, row_max, t, 8)
+    head = nb._head(x, rows, block_max, row_max, t, 8, bounds=True)
     exact = nb._outside_mass_exact(x, rows, row_max, t, head.index, head.logit)
     fine_low, fine_high = nb._outside_mass_fine(x, rows, row_max, t, head.index, head.logit)
     tiny = 1e-30  # float32 exponentials underflow where the bounds, in float64, do not

@@ -241,15 +241,19 @@ def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, tem
     ``2**f <= 1 + f <= 1.0615 * 2**f``. A 1e-4 slack covers the rounding of the arithmetic.
     """
     total = np.empty(rows.size)
-    scale = (np.log2(np.e) * 2**23 / temperature.astype(np.float64))[:, None]
-    for part in _row_chunks(rows.size, x.shape[1]):
-        work = np.subtract(x[rows[part]], row_max[part, None])
-        np.multiply(work, scale[part].astype(work.dtype), out=work)
-        np.add(work, 127 * 2**23, out=work)
-        np.maximum(work, 2**23, out=work)  # below 2**-126 counts as 2**-126: still an upper bound
-        bits = work.astype(np.int32)  # truncation: the floor of a positive value
-        value = _without(bits.view(np.float32), index[part], logit[part])
-        total[part] = value.sum(axis=-1)  # pairwise: well within the slack
+    scale = (np.log2(np.e) * 2**23 / temperature.astype(np.float64))[:, None].astype(x.dtype)
+    chunks = _row_chunks(rows.size, x.shape[1])
+    work = np.empty((chunks[0].stop - chunks[0].start, x.shape[1]), x.dtype)  # reused: no page faults
+    bits = np.empty(work.shape, np.int32)
+    for part in chunks:
+        w, b = work[: rows[part].size], bits[: rows[part].size]
+        np.take(x, rows[part], axis=0, out=w)
+        w -= row_max[part, None]
+        w *= scale[part]
+        w += 127 * 2**23
+        np.maximum(w, 2**23, out=w)  # below 2**-126 counts as 2**-126: still an upper bound
+        np.copyto(b, w, casting="unsafe")  # truncation: the floor of a positive value
+        total[part] = _without(b.view(np.float32), index[part], logit[part]).sum(axis=-1)
     low = np.maximum(total * (1 - 1e-4) / 1.0615 - x.shape[1] * 2.0**-126, 0.0)
     return low, total * (1 + 1e-4)
 
@@ -258,8 +262,10 @@ def _outside_mass_exact(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, te
                         index: np.ndarray, logit: np.ndarray) -> np.ndarray:
     """The mass of the tokens of ``rows`` other than ``index[logit > -inf]`` (float64)."""
     total = np.empty(rows.size)
-    for part in _row_chunks(rows.size, x.shape[1]):
-        e = _tempered(x[rows[part]], row_max[part], temperature[part])
+    chunks = _row_chunks(rows.size, x.shape[1])
+    work = np.empty((chunks[0].stop - chunks[0].start, x.shape[1]), x.dtype)
+    for part in chunks:
+        e = _tempered_into(work[: rows[part].size], x, rows[part], row_max[part], temperature[part])
         np.exp(e, out=e)
         total[part] = _without(e, index[part], logit[part]).sum(axis=-1, dtype=np.float64)
     return total
@@ -364,26 +370,34 @@ class _Head:
 
 
 def _head(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max: np.ndarray,
-          temperature: np.ndarray, n_blocks: int) -> _Head:
-    """The tokens of ``rows`` above the smallest of their ``n_blocks`` largest block maxima."""
+          temperature: np.ndarray, n_blocks: int, bounds: bool) -> _Head:
+    """The tokens of ``rows`` above the smallest of their ``n_blocks`` largest block maxima.
+
+    With ``bounds``, also bound the mass of the rest of each row (else the bounds are NaN).
+    """
     blocks, threshold = _choose_blocks(block_max, n_blocks)
-    value = _gather(x, rows, blocks)
+    gathered = _gather(x, rows, blocks)
+    above = gathered > threshold[:, None]
     if blocks is None:
-        index = np.broadcast_to(np.arange(x.shape[1]), value.shape)
+        index, value = np.broadcast_to(np.arange(x.shape[1]), gathered.shape), gathered
     else:  # only tokens above the threshold are certainly the row's largest: drop the rest first
-        column, value = _compact(value > threshold[:, None], value)
+        column, value = _compact(above, gathered)
         index = np.take_along_axis(blocks, column // BLOCK, -1) * BLOCK + column % BLOCK
     logit = (value - row_max[:, None]) / temperature[:, None]
     z_threshold = (threshold - row_max) / temperature
     logit[logit <= z_threshold[:, None]] = -np.inf  # rounding can merge a token with the threshold
     valid = np.isfinite(logit).sum(axis=-1)
-    if blocks is None:
-        low = high = np.zeros(rows.size)
+    low = high = np.full(rows.size, np.nan)
+    if not bounds or blocks is None:
+        low = high = np.zeros(rows.size) if blocks is None else low
     else:
         low, high = _outside_mass(block_max, blocks, row_max, temperature, x.shape[1])
-        # The gathered tokens left out are at most the threshold.
-        left_out = blocks.shape[1] * BLOCK - valid
-        high = high + left_out * np.exp(z_threshold.astype(np.float64)) * (1 + 1e-9)
+        # The gathered tokens below the threshold, bounded like a block each by their maximum.
+        below = np.where(above, -np.inf, gathered).reshape(rows.size, blocks.shape[1], BLOCK)
+        below_max = (below.max(axis=-1) - row_max[:, None]) / temperature[:, None]
+        merged = above.sum(axis=-1) - valid  # tokens that rounding merged with the threshold
+        high = high + (BLOCK * np.exp(below_max.astype(np.float64)).sum(axis=-1)
+                       + merged * np.exp(z_threshold.astype(np.float64))) * (1 + 1e-9)
     return _Head(index, logit, valid, threshold == -np.inf, low, high)
 
 
@@ -393,7 +407,8 @@ def _truncate_rows(x: np.ndarray, rows: np.ndarray, prm: _Rows, block_max: np.nd
 
     Returns the kept sets of the rows that succeeded, and a mask of the rows that need more.
     """
-    head = _head(x, rows, block_max, row_max, prm.temperature, n_blocks)
+    head = _head(x, rows, block_max, row_max, prm.temperature, n_blocks,
+                 bounds=bool(np.any((prm.top_p < 1) & (prm.top_k == 0))))
     ordered = np.sort(head.logit, axis=-1)[:, ::-1]
     valid, complete = head.valid, head.complete
     total = inside = None
@@ -454,6 +469,15 @@ def _softmax_denominators(x: np.ndarray, row_max: np.ndarray, temperature: np.nd
     e = _tempered(x, row_max, temperature)
     np.exp(e, out=e)
     return e.sum(axis=-1).astype(np.float64)
+
+
+def _tempered_into(out: np.ndarray, x: np.ndarray, rows: np.ndarray, row_max: np.ndarray,
+                   temperature: np.ndarray) -> np.ndarray:
+    """`_tempered` of ``x[rows]``, written into ``out`` (no allocation; the same arithmetic)."""
+    np.take(x, rows, axis=0, out=out)
+    out -= row_max[:, None]
+    out /= np.where(temperature == 0, 1, temperature).astype(x.dtype)[:, None]
+    return out
 
 
 def _tempered(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray) -> np.ndarray:
@@ -552,7 +576,7 @@ def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max:
 
     ``uniform[:, 0]`` picks the part, ``uniform[:, 1]`` the token inside it.
     """
-    head = _head(x, rows, block_max, row_max, temperature, DENSE_HEAD)
+    head = _head(x, rows, block_max, row_max, temperature, DENSE_HEAD, bounds=True)
     head_weight = np.exp(head.logit.astype(np.float64))
     head_mass = head_weight.sum(axis=-1)
     # The head is picked iff u * (head + tail) < head; bounds on the tail settle most rows.
