@@ -59,6 +59,10 @@ _MIXED = [  # temperature, top_k, top_p, min_p
 QUICK_MAIN = (64, 128256)
 QUICK_GROWTH = [(1, 128256), (256, 128256), (64, 32000), (64, 262144), (64, 1048576)]
 QUICK_GROWTH_TASKS = ("temperature", "temp+top-k+top-p", "top-p")
+# The growth points skip the slowest peers (full sorts), which would take minutes at 2^20 tokens.
+QUICK_GROWTH_IMPLS = ("floor: np.max", "floor: jnp.max (jit)", "agnostic_sampling numpy",
+                      "agnostic_sampling jax (jit)", "jax lax.top_k static k (jit)",
+                      "HF warpers + multinomial")
 FULL_BATCHES = (1, 8, 64, 256)
 FULL_VOCABS = (32000, 128256, 262144, 1048576)
 
@@ -411,17 +415,21 @@ def _is_peer(name: str) -> bool:
     return name not in LIBRARY and name not in FLOORS
 
 
-def run_benchmark(shapes: list[tuple[int, int, tuple[str, ...]]], implementations: list[str],
-                  repeats: int, budget_s: float, seed: int, log: Callable[[str], None]) -> list[Result]:
-    """Time every implementation on every (batch, vocab, tasks) entry of ``shapes``."""
+def run_benchmark(shapes: list[tuple[int, int, tuple[str, ...], tuple[str, ...] | None]],
+                  implementations: list[str], repeats: int, budget_s: float, seed: int,
+                  log: Callable[[str], None]) -> list[Result]:
+    """Time the implementations on every (batch, vocab, tasks, only these implementations or None)
+    entry of ``shapes``."""
     results: list[Result] = []
-    for batch, vocab, tasks in shapes:
+    for batch, vocab, tasks, only in shapes:
         x = realistic_logits(batch, vocab, seed)
         floor_ms = None
         for task in tasks:
             params = _task_params(task, batch)
             task_results = []
             for name in implementations:
+                if only is not None and name not in only:
+                    continue
                 run = IMPLEMENTATIONS[name](task, params, x)
                 if run is None:
                     continue
@@ -502,14 +510,15 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _shapes(args: argparse.Namespace) -> list[tuple[int, int, tuple[str, ...]]]:
+def _shapes(args: argparse.Namespace) -> list[tuple[int, int, tuple[str, ...], tuple[str, ...] | None]]:
     tasks = tuple(args.tasks) if args.tasks else tuple(TASKS)
     if args.batch or args.vocab or args.full:
         batches = args.batch or (FULL_BATCHES if args.full else (QUICK_MAIN[0],))
         vocabs = args.vocab or (FULL_VOCABS if args.full else (QUICK_MAIN[1],))
-        return [(b, v, tasks) for v in vocabs for b in batches]
+        return [(b, v, tasks, None) for v in vocabs for b in batches]
     growth = tuple(t for t in QUICK_GROWTH_TASKS if t in tasks)
-    return [(*QUICK_MAIN, tasks)] + ([(b, v, growth) for b, v in QUICK_GROWTH] if growth else [])
+    only = None if args.impl else QUICK_GROWTH_IMPLS
+    return [(*QUICK_MAIN, tasks, None)] + ([(b, v, growth, only) for b, v in QUICK_GROWTH] if growth else [])
 
 
 def _parser() -> argparse.ArgumentParser:
