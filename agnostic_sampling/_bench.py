@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -476,11 +477,9 @@ def machine() -> dict[str, Any]:
         pass
     for module in ("jax", "torch", "transformers"):
         if importlib.util.find_spec(module) is not None:
-            info[module] = __import__(module).__version__
-    if "jax" in info:
-        import jax
-
-        info["jax_device"] = str(jax.devices()[0].device_kind)
+            info[module] = importlib.metadata.version(module)  # no import: torch takes seconds
+    if "jax" in sys.modules:  # only when the run used it
+        info["jax_device"] = str(sys.modules["jax"].devices()[0].device_kind)
     return info
 
 
@@ -551,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     Example:
         >>> main(["--batch", "2", "--vocab", "1000", "--tasks", "greedy", "--impl", "floor: np.max",
         ...       "agnostic_sampling numpy", "--repeats", "3", "--no-save"])  # doctest: +ELLIPSIS
-        2...
+        Command: `python -m agnostic_sampling bench --batch 2 ...
         0
     """
     args = _parser().parse_args(argv)
