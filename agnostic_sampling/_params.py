@@ -8,11 +8,12 @@ they pass through unchanged and the JAX backend applies the traced policy of SPE
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import numpy as np
 
-from agnostic_sampling._dispatch import is_tracer
+from agnostic_sampling._dispatch import get_backend, is_tracer
 
 __all__ = ["SamplingParams", "resolve_params", "validate_params"]
 
@@ -42,8 +43,16 @@ class SamplingParams:
     min_p: Any = None
     min_keep: Any = 1
 
+    def __post_init__(self) -> None:
+        # Once JAX is in use, load the JAX backend, which registers this class as a pytree, so
+        # that params can go into jax.jit before any JAX array has passed through the package.
+        if _REGISTER_ON_USE and "jax" in sys.modules:
+            get_backend("jax")
 
+
+_REGISTER_ON_USE = False  # not while the package itself is still importing
 _DEFAULTS = SamplingParams()
+_REGISTER_ON_USE = True
 FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
 
 

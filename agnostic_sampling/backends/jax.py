@@ -189,10 +189,15 @@ def _clean(logits: jax.Array) -> _Clean:
     row_max = lax.cond(jnp.any(has_nan), lambda: jnp.max(x, axis=-1), lambda: raw_max)
     posinf = row_max == jnp.inf
     x = jnp.where(posinf[:, None], jnp.where(x == jnp.inf, 0, -jnp.inf).astype(dtype), x)
-    status = jnp.where(
-        has_nan, ROW_NAN, jnp.where(posinf, ROW_POSINF, jnp.where(row_max == -jnp.inf, ROW_NO_FINITE, ROW_OK))
+    return _Clean(x, jnp.where(posinf, 0, row_max).astype(dtype), _status(row_max, has_nan))
+
+
+def _status(row_max: jax.Array, has_nan: jax.Array) -> jax.Array:
+    """Per-row status from the maximum of the NaN-free row and whether the row held NaN."""
+    return jnp.where(
+        has_nan, ROW_NAN,
+        jnp.where(row_max == jnp.inf, ROW_POSINF, jnp.where(row_max == -jnp.inf, ROW_NO_FINITE, ROW_OK)),
     ).astype(jnp.int8)
-    return _Clean(x, jnp.where(posinf, 0, row_max).astype(dtype), status)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,9 +249,11 @@ def _kth_largest(z: jax.Array, k: jax.Array, skip: jax.Array) -> jax.Array:
     """The k-th largest value of each row (ties counted), -inf when the row has fewer than k.
 
     The largest ``t`` with ``count(z >= t) >= k``; a row is finished early when exactly ``k``
-    tokens are at or above ``t``, since then ``{z >= t}`` is already the top-k set.
+    tokens are at or above ``t``, since then ``{z >= t}`` is already the top-k set. For
+    ``k == 1`` the answer is the row maximum, 0, with no search (the usual ``min_keep``).
     """
     dtype = z.dtype
+    first = k <= 1
     k = k.astype(jnp.float32 if z.shape[-1] < 2**24 else jnp.int32)
 
     def step(mid: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -255,8 +262,8 @@ def _kth_largest(z: jax.Array, k: jax.Array, skip: jax.Array) -> jax.Array:
 
     lo = jnp.broadcast_to(_to_key(jnp.asarray(-jnp.inf, dtype)), k.shape)
     hi = _to_key(jnp.zeros(k.shape, dtype)) + 1  # above the row maximum, 0
-    lo, _ = _bisect(lo, hi, skip, step)
-    return _from_key(lo, dtype)
+    lo, _ = _bisect(lo, hi, skip | first, step)
+    return jnp.where(first & ~skip, 0, _from_key(lo, dtype))
 
 
 def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: jax.Array,
@@ -355,7 +362,12 @@ def _noise(key: jax.Array, shape: tuple[int, int], batch_shape: tuple[int, ...],
 
 @jax.jit
 def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    clean = _clean(logits)
+    x = logits.reshape(-1, logits.shape[-1]).astype(_compute_dtype(logits.dtype))
+    raw_max = jnp.max(x, axis=-1)
+    # Two reductions unless a row holds NaN: the maximum, then the first index equal to it
+    # (+inf rows find their first +inf, rows with no finite logit are told apart by status).
+    clean = lax.cond(jnp.any(jnp.isnan(raw_max)), lambda: _clean(x),
+                     lambda: _Clean(x, raw_max, _status(raw_max, jnp.isnan(raw_max))))
     first = _index_of_first(clean.x == clean.row_max[:, None])
     ids = jnp.where(clean.row_max == -jnp.inf, -1, first)
     return ids.reshape(logits.shape[:-1]), clean.status.reshape(logits.shape[:-1])

@@ -1,0 +1,138 @@
+"""The JAX backend against the samplers JAX codebases copy today, in one run, on one machine.
+
+Compared, each jitted, on a batch of float32 logits (default 64 x 128256, Llama 3's vocabulary):
+
+- ``agnostic``: ``smp.sample`` with every parameter a traced argument (no recompile per value);
+- ``sort``: the full-sort pipeline (``jnp.sort``, softmax, ``cumsum``, mask, then
+  ``jax.random.categorical`` over the whole vocabulary);
+- ``lax.top_k``: ``lax.top_k`` with a static ``k`` (one compile per k), top-p on the k
+  candidates, ``jax.random.categorical`` over them;
+- greedy: ``smp.greedy`` against ``jnp.max`` (a lower bound) and ``jnp.argmax``.
+
+Each time is the median of ``--repeats`` calls after a warm-up call, with ``block_until_ready``.
+
+    python benchmarks/jax_vs_peers.py [--batch 64] [--vocab 128256] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import agnostic_sampling as smp
+
+
+def sort_based(key: jax.Array, logits: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    """The common full-sort sampler: sort, cumulative softmax, mask the tail, categorical."""
+    z = logits / temperature
+    order = jnp.argsort(-z, axis=-1)
+    ordered = jnp.take_along_axis(z, order, axis=-1)
+    q = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(q, axis=-1) - q
+    ordered = jnp.where(mass_before < top_p, ordered, -jnp.inf)
+    position = jax.random.categorical(key, ordered, axis=-1)
+    return jnp.take_along_axis(order, position[:, None], axis=-1)[:, 0]
+
+
+def sort_based_top_k(key: jax.Array, logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    z = logits / temperature
+    order = jnp.argsort(-z, axis=-1)
+    ordered = jnp.take_along_axis(z, order, axis=-1)
+    ordered = jnp.where(jnp.arange(z.shape[-1]) < top_k, ordered, -jnp.inf)
+    q = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(q, axis=-1) - q
+    ordered = jnp.where(mass_before < top_p, ordered, -jnp.inf)
+    position = jax.random.categorical(key, ordered, axis=-1)
+    return jnp.take_along_axis(order, position[:, None], axis=-1)[:, 0]
+
+
+def static_top_k(key: jax.Array, logits: jax.Array, temperature: float, top_p: float, *, k: int) -> jax.Array:
+    """``lax.top_k`` with a static k, then top-p among the k candidates."""
+    values, index = lax.top_k(logits / temperature, k)
+    q = jax.nn.softmax(values, axis=-1)
+    mass_before = jnp.cumsum(q, axis=-1) - q
+    values = jnp.where(mass_before < top_p, values, -jnp.inf)
+    position = jax.random.categorical(key, values, axis=-1)
+    return jnp.take_along_axis(index, position[:, None], axis=-1)[:, 0]
+
+
+def ours(key: jax.Array, logits: jax.Array, params: smp.SamplingParams) -> jax.Array:
+    return smp.sample(key, logits, params=params)
+
+
+def median_ms(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=128256)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sort-repeats", type=int, default=3, help="repeats for the (slow) sort-based runs")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((args.batch, args.vocab)) * 2).astype(np.float32)
+    logits[:, rng.integers(0, args.vocab, 20)] += 8  # a few likely tokens, as in a real model
+    logits = jnp.asarray(logits)
+    key = jax.random.key(0)
+    f32 = jnp.float32
+    full = smp.SamplingParams(temperature=f32(0.8), top_k=jnp.int32(50), top_p=f32(0.9))
+    nucleus = smp.SamplingParams(temperature=f32(1.0), top_p=f32(0.9))
+
+    ours_jit = jax.jit(ours)
+    rows = []
+
+    def row(name: str, fn: Callable[..., Any], *fn_args: Any, repeats: int | None = None) -> float:
+        ms = median_ms(fn, *fn_args, repeats=repeats or args.repeats)
+        rows.append((name, ms))
+        print(f"  {name:<48} {ms:10.2f} ms", flush=True)
+        return ms
+
+    print(f"batch {args.batch} x vocab {args.vocab} float32; JAX {jax.__version__} on {jax.devices()[0]} "
+          f"({platform.processor() or platform.machine()}); median of {args.repeats} after warm-up")
+    print("temperature 0.8, top-k 50, top-p 0.9:")
+    a = row("agnostic smp.sample (traced params)", ours_jit, key, logits, full)
+    b = row("lax.top_k static k=50 + top-p on 50", jax.jit(lambda k, x: static_top_k(k, x, 0.8, 0.9, k=50)), key, logits)
+    c = row("sort-based (jnp.sort + cumsum + categorical)",
+            jax.jit(lambda k, x: sort_based_top_k(k, x, 0.8, 50, 0.9)), key, logits, repeats=args.sort_repeats)
+    print(f"  ratio agnostic / lax.top_k = {a / b:.2f}x; sort-based / agnostic = {c / a:.1f}x")
+
+    print("top-p 0.9 alone:")
+    d = row("agnostic smp.sample (traced params)", ours_jit, key, logits, nucleus)
+    e = row("sort-based (jnp.sort + cumsum + categorical)",
+            jax.jit(lambda k, x: sort_based(k, x, 1.0, 0.9)), key, logits, repeats=args.sort_repeats)
+    print(f"  ratio sort-based / agnostic = {e / d:.1f}x")
+
+    print("greedy:")
+    f = row("agnostic smp.greedy", jax.jit(smp.greedy), logits)
+    g = row("jnp.max (a lower bound: no index)", jax.jit(lambda x: jnp.max(x, axis=-1)), logits)
+    h = row("jnp.argmax", jax.jit(lambda x: jnp.argmax(x, axis=-1)), logits)
+    print(f"  ratio agnostic / jnp.max = {f / g:.2f}x; jnp.argmax / agnostic = {h / f:.2f}x")
+
+    print("parts of the agnostic pipeline:")
+    row("probs only (no draw), temp+top-k+top-p", jax.jit(lambda x, p: smp.probs(x, params=p)), logits, full)
+    row("probs only (no draw), top-p alone", jax.jit(lambda x, p: smp.probs(x, params=p)), logits, nucleus)
+    row("temperature only (draw over the full vocabulary)", ours_jit, key, logits,
+        smp.SamplingParams(temperature=f32(0.8)))
+    row("jax.random.gumbel noise for the batch", jax.jit(lambda k: jax.random.gumbel(k, logits.shape)), key)
+
+
+if __name__ == "__main__":
+    main()
