@@ -1,0 +1,272 @@
+"""Sampling on logits sharded over the batch and the vocabulary, on 8 simulated CPU devices.
+
+Why a child process: XLA reads ``--xla_force_host_platform_device_count`` once, when JAX starts
+its CPU backend, and by the time this module is collected other tests have started it with one
+device. Setting the flag for the whole suite in ``conftest.py`` would work too, but then every
+other test (the README blocks included) would run with 8 devices instead of the setup users
+have, and a user's own ``XLA_FLAGS`` would fight with it. So in an ordinary run the sharded tests
+below skip and `test_on_eight_simulated_devices` runs this file again in a child process with
+the flag (about 20-40 s); on a machine with 8 devices, or under
+``XLA_FLAGS=--xla_force_host_platform_device_count=8 pytest tests/test_sharding.py``, they run
+directly.
+
+What is checked, for a batch axis, a vocabulary axis, and both: kept sets equal to the unsharded
+ones, the same draws for the same key, probabilities equal to float rounding, the sharding of
+each result, a compiled program whose only collectives are all-reduces of per-row scalars (and
+no array larger than one device's shard), the statistical suite on vocabulary-sharded draws, a
+vocabulary padded with ``-inf`` to a multiple of the device count, Gumbel noise identical for 1,
+2, 4 and 8 devices, and `generate` with a vocabulary-sharded model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import Mesh, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import agnostic_sampling as smp  # noqa: E402
+from agnostic_sampling import stats  # noqa: E402
+from agnostic_sampling.sharding import collectives, pad_vocab  # noqa: E402
+
+N_DEVICES = 8
+ENOUGH = len(jax.devices()) >= N_DEVICES
+needs_devices = pytest.mark.skipif(
+    not ENOUGH, reason=f"needs {N_DEVICES} devices: runs in the child of test_on_eight_simulated_devices")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE_FLAG = f"--xla_force_host_platform_device_count={N_DEVICES}"
+
+
+@pytest.mark.skipif(ENOUGH, reason=f"this process has {N_DEVICES} devices: the tests run directly")
+def test_on_eight_simulated_devices() -> None:
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if not f.startswith("--xla_force_host_platform_device_count"))
+    env = dict(os.environ, XLA_FLAGS=f"{flags} {DEVICE_FLAG}".strip(), JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "pytest", str(Path(__file__).relative_to(ROOT)), "-q", "-x",
+               "-p", "no:cacheprovider", "-k", "not test_on_eight_simulated_devices"]
+    child = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    report = child.stdout[-6000:] + child.stderr[-3000:]
+    assert child.returncode == 0, f"sharded tests failed in the child process:\n{report}"
+    summary = child.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and "skipped" not in summary, report
+
+
+# --------------------------------------------------------------------------------------------
+# Data: rows that mix every strategy, ties included
+
+BATCH, VOCAB = 16, 2048
+LAYOUTS = {  # mesh shape, axis names, how the (B, V) logits are split
+    "batch": ((8,), ("batch",), P("batch", None)),
+    "vocab": ((8,), ("vocab",), P(None, "vocab")),
+    "batch+vocab": ((2, 4), ("batch", "vocab"), P("batch", "vocab")),
+}
+
+
+def _mesh(shape: tuple[int, ...], names: tuple[str, ...]) -> Mesh:
+    devices = np.array(jax.devices()[:int(np.prod(shape))]).reshape(shape)
+    return Mesh(devices, names)
+
+
+def _logits(batch: int, vocab: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, vocab)).astype(np.float32) * 3
+    x[1::2] = np.round(x[1::2] * 2) / 2  # coarse values: ties at every threshold, across shards
+    x[3, rng.choice(vocab, vocab // 2, replace=False)] = -np.inf
+    return x
+
+
+def _mixed_params(batch: int) -> smp.SamplingParams:
+    row = np.arange(batch)
+    return smp.SamplingParams(
+        temperature=np.where(row % 8 == 0, 0.0, 0.5 + (row % 5) * 0.25).astype(np.float32),
+        top_k=np.where(row % 4 == 1, 20 + row, 0).astype(np.int32),
+        top_p=np.select([row % 4 == 2, row % 4 == 3], [0.9, 0.5], 1.0).astype(np.float32),
+        min_p=np.where(row % 3 == 0, 0.05, 0.0).astype(np.float32),
+        min_keep=np.where(row % 6 == 5, 3, 1).astype(np.int32),
+    )
+
+
+def _pipeline(key: Any, logits: Any, params: smp.SamplingParams) -> tuple[Any, Any, Any]:
+    return (smp.process_logits(logits, params=params), smp.probs(logits, params=params),
+            smp.sample(key, logits, params=params))
+
+
+_PIPELINE = jax.jit(_pipeline)
+
+
+def _compiled(fn: Any, *args: Any) -> Any:
+    """Compile once for these arguments: the executable both runs and shows its HLO text."""
+    return fn.lower(*args).compile()
+
+
+def _largest_array(hlo_text: str) -> int:
+    """Elements of the largest array anywhere in a compiled (per-device) program."""
+    shapes = re.findall(r"\b[a-z]+\d*\[([\d,]+)\]", hlo_text)
+    return max((int(np.prod([int(d) for d in dims.split(",")])) for dims in shapes), default=1)
+
+
+def _assert_only_row_scalars_move(hlo_text: str, rows: int) -> None:
+    """Every collective is an all-reduce of at most one scalar per row: no vocabulary moves."""
+    found = collectives(hlo_text)
+    moving = [c for c in found if c.op != "all-reduce" or c.operand_bytes > 8 * rows * len(c.shapes)]
+    assert not moving, f"collectives that move more than per-row scalars: {moving}"
+
+
+# --------------------------------------------------------------------------------------------
+# Tests on 8 devices
+
+
+@needs_devices
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_sharded_matches_unsharded(layout: str, seed: int) -> None:
+    shape, names, spec = LAYOUTS[layout]
+    mesh = _mesh(shape, names)
+    x, params, key = _logits(BATCH, VOCAB, seed), _mixed_params(BATCH), jax.random.key(seed)
+    z_ref, p_ref, ids_ref = (np.asarray(a) for a in _PIPELINE(key, jnp.asarray(x), params))
+    sharded = jax.device_put(x, NamedSharding(mesh, spec))
+    program = _compiled(_PIPELINE, key, sharded, params)
+    z, p, ids = program(key, sharded, params)
+
+    np.testing.assert_array_equal(np.isfinite(np.asarray(z)), np.isfinite(z_ref), err_msg="kept sets differ")
+    np.testing.assert_allclose(np.asarray(p), p_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(ids), ids_ref, err_msg="draws with the same key differ")
+    # Results keep the input's layout: (B, V) outputs as given, ids split like the batch axis.
+    assert z.sharding.is_equivalent_to(sharded.sharding, 2)
+    assert p.sharding.is_equivalent_to(sharded.sharding, 2)
+    assert ids.sharding.is_equivalent_to(NamedSharding(mesh, P(spec[0])), 1), ids.sharding
+
+    batch_shards = mesh.shape["batch"] if "batch" in names else 1
+    vocab_shards = mesh.shape["vocab"] if "vocab" in names else 1
+    hlo = program.as_text()
+    _assert_only_row_scalars_move(hlo, BATCH // batch_shards)
+    shard_size = BATCH * VOCAB // (batch_shards * vocab_shards)
+    assert _largest_array(hlo) <= shard_size, "some device holds more than its shard of the logits"
+
+
+@needs_devices
+def test_hlo_audit_catches_a_vocabulary_gather() -> None:
+    """The audit above is not vacuous: gathering the vocabulary before sampling is caught."""
+    mesh = _mesh((8,), ("vocab",))
+    replicated = NamedSharding(mesh, P())
+    gather_then_sample = jax.jit(
+        lambda key, x: smp.sample(key, jax.lax.with_sharding_constraint(x, replicated)))
+    x = jax.device_put(jnp.zeros((BATCH, VOCAB)), NamedSharding(mesh, P(None, "vocab")))
+    hlo = _compiled(gather_then_sample, jax.random.key(0), x).as_text()
+    assert any(c.op == "all-gather" for c in collectives(hlo))
+    with pytest.raises(AssertionError, match="all-gather"):
+        _assert_only_row_scalars_move(hlo, BATCH)
+    assert _largest_array(hlo) >= BATCH * VOCAB
+
+
+@needs_devices
+def test_vocab_sharded_draws_pass_the_statistical_suite(seed: int) -> None:
+    """Many draws at once: each of 4 parameter groups repeated over 32768 rows, vocabulary on 8 devices.
+
+    Also the issue's agreement criterion: the same key gives the same token as the unsharded
+    program in at least 99.9% of these 131072 draws.
+    """
+    groups, vocab, draws = 4, 64, 32768
+    base = np.random.default_rng(seed).standard_normal((groups, vocab)).astype(np.float32) * 2
+    per_group = dict(temperature=[0.7, 1.0, 1.0, 1.3], top_k=[0, 10, 0, 0], top_p=[1.0, 1.0, 0.8, 1.0],
+                     min_p=[0.0, 0.0, 0.0, 0.1])
+    expected = stats.reference_probs(base, **{k: np.array(v) for k, v in per_group.items()})
+    params = smp.SamplingParams(**{k: np.tile(np.asarray(v, np.int32 if k == "top_k" else np.float32), draws)
+                                   for k, v in per_group.items()})
+    logits = np.tile(base, (draws, 1))  # row r belongs to group r % groups
+    mesh = _mesh((8,), ("vocab",))
+    draw = jax.jit(lambda key, x, params: smp.sample(key, x, params=params))
+    key = jax.random.key(seed)
+    ids = np.asarray(draw(key, jax.device_put(logits, NamedSharding(mesh, P(None, "vocab"))), params))
+    ids_unsharded = np.asarray(draw(key, jnp.asarray(logits), params))
+
+    assert np.mean(ids == ids_unsharded) >= 0.999
+    stats.assert_samples_match(ids.reshape(draws, groups), expected, tv=0.035, seed=seed)
+
+
+@needs_devices
+def test_vocabulary_not_divisible_padded_with_minus_inf(seed: int) -> None:
+    """V = 2045 cannot be split over 8 devices; padded with -inf it can, and nothing changes.
+
+    With one key per row the noise of a row does not depend on the padded width, so the draws
+    equal the unpadded, unsharded ones exactly; with one key for the batch they would not (the
+    noise counter of row b starts at b * padded width).
+    """
+    vocab = VOCAB - 3
+    x, params = _logits(BATCH, vocab, seed), _mixed_params(BATCH)
+    keys = jax.random.split(jax.random.key(seed), BATCH)
+    z_ref, p_ref, ids_ref = (np.asarray(a) for a in _PIPELINE(keys, jnp.asarray(x), params))
+    mesh = _mesh((8,), ("vocab",))
+    padded = jax.device_put(pad_vocab(x, 128), NamedSharding(mesh, P(None, "vocab")))
+    assert padded.shape == (BATCH, VOCAB)
+    z, p, ids = (np.asarray(a) for a in _PIPELINE(keys, padded, params))
+
+    np.testing.assert_array_equal(np.isfinite(z[:, :vocab]), np.isfinite(z_ref))
+    assert not np.isfinite(z[:, vocab:]).any() and not p[:, vocab:].any()
+    np.testing.assert_allclose(p[:, :vocab], p_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(ids, ids_ref)
+
+
+@needs_devices
+def test_uneven_vocabulary_inside_jit_needs_no_padding(seed: int) -> None:
+    """Inside jit a sharding constraint may split V = 2045 unevenly: XLA pads internally."""
+    vocab = VOCAB - 3
+    x, key = _logits(BATCH, vocab, seed), jax.random.key(seed)
+    mesh = _mesh((8,), ("vocab",))
+    split = NamedSharding(mesh, P(None, "vocab"))
+    draw = jax.jit(lambda key, x: smp.sample(key, jax.lax.with_sharding_constraint(x, split), top_p=0.9))
+    program = _compiled(draw, key, jnp.asarray(x))
+    ids = program(key, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(smp.sample(key, jnp.asarray(x), top_p=0.9)))
+    _assert_only_row_scalars_move(program.as_text(), BATCH)
+
+
+@needs_devices
+def test_gumbel_noise_does_not_depend_on_the_device_count() -> None:
+    """The noise for the logical (B, V) array is the same whether V is on 1 device or split over 2, 4, 8.
+
+    That holds for any PRNG implementation, because jit's results never depend on sharding; what
+    ``jax_threefry_partitionable`` (on by default since JAX 0.5) adds is that each device then
+    generates only its own slice of the noise, checked here through the per-device program.
+    """
+    key = jax.random.key(7)
+    noise = jax.jit(lambda key: jax.random.gumbel(key, (BATCH, VOCAB)))
+    reference = np.asarray(noise(key))
+    for count in (2, 4, 8):
+        split = NamedSharding(_mesh((count,), ("vocab",)), P(None, "vocab"))
+        sharded_noise = jax.jit(lambda key: jax.random.gumbel(key, (BATCH, VOCAB)), out_shardings=split)
+        program = _compiled(sharded_noise, key)
+        np.testing.assert_array_equal(np.asarray(program(key)), reference, err_msg=f"{count} devices")
+        if jax.config.jax_threefry_partitionable:
+            assert _largest_array(program.as_text()) <= BATCH * VOCAB // count
+
+
+@needs_devices
+def test_generate_with_a_vocabulary_sharded_model(seed: int) -> None:
+    """A bigram "model" whose output columns are split over 8 devices: same ids, no gather."""
+    vocab = 256
+    table = np.random.default_rng(seed).standard_normal((vocab, vocab)).astype(np.float32) * 2
+    mesh = _mesh((8,), ("vocab",))
+    sharded_table = jax.device_put(table, NamedSharding(mesh, P(None, "vocab")))
+    prompt = jnp.asarray(np.arange(8).reshape(4, 2) % vocab, jnp.int32)
+
+    def decode(key: Any, prompt: Any, table: Any) -> Any:
+        return smp.generate(key, lambda ids: table[ids], prompt, max_new_tokens=6, top_p=0.9, min_p=0.02).ids
+
+    run = jax.jit(decode)
+    key = jax.random.key(seed)
+    program = _compiled(run, key, prompt, sharded_table)
+    ids = np.asarray(program(key, prompt, sharded_table))
+    np.testing.assert_array_equal(ids, np.asarray(run(key, prompt, jnp.asarray(table))))
+    _assert_only_row_scalars_move(program.as_text(), prompt.shape[0])
