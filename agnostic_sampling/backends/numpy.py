@@ -16,19 +16,22 @@ below them) is retried with eight times as many blocks, and finally with the who
 How it avoids most exponentials
 -------------------------------
 An exponential costs several times a memory pass, so neither top-p nor temperature sampling
-takes one over the whole vocabulary unless a row needs it. The tokens outside the gathered
-blocks have a total mass between ``sum(exp(m_b))`` and ``sum(n_b * exp(m_b))`` over those
-blocks (``m_b`` a block's tempered maximum, ``n_b`` its size).
+takes one over the whole vocabulary unless a row needs it. The tokens outside the candidates
+have a total mass between ``sum(exp(m_b))`` and ``sum(n_b * exp(m_b))`` over their blocks
+(``m_b`` a block's tempered maximum, ``n_b`` its size): free, but dozens of times loose. A
+row that these bounds do not settle gets bounds within 6.2% from a few cheap passes over it
+(`_outside_mass_fine`: the float32 bit pattern of ``2**n (1 + f)`` for ``exp(z)``), and only a
+row that those do not settle either pays for the exponentials (`_outside_mass_exact`).
 
-- Top-p needs the row's total mass. When the nucleus is the same at both ends of that interval,
-  the decision is exact without the outside tokens; otherwise (the interval straddles a
-  cumulative mass: rare) the row's exact total is computed.
+- Top-p needs the row's total mass: the nucleus is decided when it is the same at both ends of
+  the bounds (the count of tokens whose preceding mass is below ``p * total``).
 - Rows with no truncation step ("dense" rows: temperature only) draw from a two-part mixture:
-  the ``DENSE_HEAD`` blocks with the largest maxima (the head, mass ``H``) and the rest (the
-  tail, mass ``R``). A first uniform ``u`` picks the head iff ``u * (H + R) < H``; the bounds on
-  ``R`` settle this for most rows, and a row where they do not computes ``R`` exactly. A second
-  uniform picks the token inside the chosen part by inverse CDF. Each token ``i`` is drawn with
-  probability ``exp(z_i) / (H + R)``: exact, whatever the variates.
+  the head (the largest tokens of the ``DENSE_HEAD`` blocks with the largest maxima, mass
+  ``H``) and the tail (every other token, mass ``R``). A first uniform ``u`` picks the head iff
+  ``u * (H + R) < H``, which the bounds on ``R`` settle for most rows; a row they do not settle
+  computes ``R`` exactly, and draws from the tail if ``u`` says so. A second uniform picks the
+  token inside the chosen part by inverse CDF. Each token ``i`` is drawn with probability
+  ``exp(z_i) / (H + R)``: exactly, whatever the variates.
 """
 
 from __future__ import annotations
@@ -464,13 +467,6 @@ def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
     return _Kept(row_max, greedy, first, dense, cut, block_max, groups), status
 
 
-def _softmax_denominators(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray) -> np.ndarray:
-    """Sum of exp of the tempered logits of every row, accumulated pairwise (float64 result)."""
-    e = _tempered(x, row_max, temperature)
-    np.exp(e, out=e)
-    return e.sum(axis=-1).astype(np.float64)
-
-
 def _tempered_into(out: np.ndarray, x: np.ndarray, rows: np.ndarray, row_max: np.ndarray,
                    temperature: np.ndarray) -> np.ndarray:
     """`_tempered` of ``x[rows]``, written into ``out`` (no allocation; the same arithmetic)."""
@@ -584,8 +580,7 @@ def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max:
     unsure = np.flatnonzero(~in_head & (uniform[:, 0] * (head_mass + head.low) < head_mass))
     if unsure.size:
         _, high = _outside_mass_fine(x, rows[unsure], row_max[unsure], temperature[unsure],
-                                     head.index[unsure],
-                                     head.logit[unsure])
+                                     head.index[unsure], head.logit[unsure])
         in_head[unsure] = uniform[unsure, 0] * (head_mass[unsure] + high) < head_mass[unsure]
     ids = np.empty(rows.size, np.int64)
     maybe_tail = np.flatnonzero(~in_head)
