@@ -64,6 +64,47 @@ def test_on_eight_simulated_devices() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# The helpers (any device count)
+
+
+def test_pad_vocab(backend: Any) -> None:
+    x = np.array([[1.0, 5.0, 3.0], [0.0, -np.inf, 2.0]], np.float32)
+    padded = pad_vocab(backend.array(x), 4)
+    assert type(padded) is type(backend.array(x)) and padded.shape == (2, 4)
+    minus_inf = np.full((2, 1), -np.inf, np.float32)
+    np.testing.assert_array_equal(np.asarray(padded), np.concatenate([x, minus_inf], 1))
+    probs = backend.probs(np.asarray(padded), top_p=0.9)
+    np.testing.assert_array_equal(probs[:, :3], backend.probs(x, top_p=0.9))
+    assert backend.sample(backend.key(0), np.asarray(padded)).max() < 3
+    assert pad_vocab(x, 3) is x
+    with pytest.raises(ValueError, match="multiple"):
+        pad_vocab(x, 0)
+
+
+def test_collectives_reads_sizes_and_loops() -> None:
+    text = """
+%body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %p = (s32[], f32[4,8]{1,0}) parameter(0)
+  %x = f32[4,8]{1,0} get-tuple-element(%p), index=1
+  %r = f32[4]{0} reduce(%x, %c), dimensions={1}, to_apply=%add
+  %all-reduce.1 = f32[4]{0} all-reduce(%r), replica_groups={{0,1}}, to_apply=%add
+}
+%cond (p: (s32[], f32[4,8])) -> pred[] {
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+ENTRY %main (a: f32[4,8]) -> f32[4,16] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %w = (s32[], f32[4,8]{1,0}) while(%t), condition=%cond, body=%body
+  %ag = ((f32[4,8]{1,0}), f32[4,16]{1,0}) all-gather-start(%a), dimensions={1}
+  ROOT %agd = f32[4,16]{1,0} all-gather-done(%ag)
+}
+"""
+    found = collectives(text)
+    assert [(c.op, c.shapes, c.operand_bytes, c.in_loop) for c in found] == [
+        ("all-reduce", ("f32[4]",), 16, True), ("all-gather", ("f32[4,8]",), 128, False)]
+
+
+# --------------------------------------------------------------------------------------------
 # Data: rows that mix every strategy, ties included
 
 BATCH, VOCAB = 16, 2048
