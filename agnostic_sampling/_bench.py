@@ -3,7 +3,8 @@
 Every implementation runs on the same logits (a normal body plus a few large spikes, like a
 language model's output) and is timed after warm-up (JAX after compilation, with
 ``block_until_ready``); the table reports medians, the ratio to the floor (one ``np.max`` pass
-over the same array: no sampler can read its input faster) and the ratio to the fastest peer.
+over the same array, timed just before each call: no sampler can read its input faster) and the
+ratio to the fastest peer.
 Peers that are not installed (JAX, PyTorch, Hugging Face ``transformers``) are skipped.
 
 Run it with ``python -m agnostic_sampling bench`` (quick: batch 64 x vocabulary 128256 and a few
@@ -372,31 +373,41 @@ class Result:
     implementation: str
     median_ms: float
     times_ms: list[float] = field(default_factory=list)
+    floor_ms: float | None = None  # median of np.max over the same logits, timed beside each call
     vs_floor: float | None = None
     vs_best_peer: float | None = None
     peak_extra_bytes: int | None = None
     logits_bytes: int | None = None
 
 
-def _time(run: Callable[[], Any], repeats: int, budget_s: float) -> list[float]:
-    """Wall times in ms: two warm-up calls (compilation, caches), then up to ``repeats``."""
+def _time(run: Callable[[], Any], repeats: int, budget_s: float,
+          floor: Callable[[], Any]) -> tuple[list[float], list[float]]:
+    """Wall times in ms of ``run`` and of ``floor`` run just before it, call after call.
+
+    Two warm-up calls first (compilation, caches), then up to ``repeats`` pairs. Pairing the
+    floor with each call keeps their ratio meaningful on a machine whose load drifts.
+    """
     start = time.perf_counter()
     run()
     first = time.perf_counter() - start
     if first < budget_s:
         run()
     times: list[float] = []
+    floor_times: list[float] = []
     spent = 0.0
     while len(times) < repeats and (len(times) < 3 or spent < budget_s):
         gc.collect()
         start = time.perf_counter()
+        floor()
+        middle = time.perf_counter()
         run()
-        elapsed = time.perf_counter() - start
-        times.append(elapsed * 1e3)
-        spent += elapsed
+        end = time.perf_counter()
+        floor_times.append((middle - start) * 1e3)
+        times.append((end - middle) * 1e3)
+        spent += end - middle
         if first > budget_s:  # very slow peers: one timed call is all the budget allows
             break
-    return times
+    return times, floor_times
 
 
 def _peak_extra_bytes(run: Callable[[], Any]) -> int:
@@ -424,7 +435,7 @@ def run_benchmark(shapes: list[tuple[int, int, tuple[str, ...], tuple[str, ...] 
     results: list[Result] = []
     for batch, vocab, tasks, only in shapes:
         x = realistic_logits(batch, vocab, seed)
-        floor_ms = None
+        floor = _floor_numpy("", {}, x)
         for task in tasks:
             params = _task_params(task, batch)
             task_results = []
@@ -434,8 +445,10 @@ def run_benchmark(shapes: list[tuple[int, int, tuple[str, ...], tuple[str, ...] 
                 run = IMPLEMENTATIONS[name](task, params, x)
                 if run is None:
                     continue
-                times = _time(run, repeats, budget_s)
-                result = Result(batch, vocab, task, name, statistics.median(times), times)
+                times, floor_times = _time(run, repeats, budget_s, floor)
+                result = Result(batch, vocab, task, name, statistics.median(times), times,
+                                statistics.median(floor_times))
+                result.vs_floor = result.median_ms / result.floor_ms
                 if name == "agnostic_sampling numpy":
                     result.peak_extra_bytes = _peak_extra_bytes(run)
                     result.logits_bytes = x.nbytes
@@ -443,13 +456,8 @@ def run_benchmark(shapes: list[tuple[int, int, tuple[str, ...], tuple[str, ...] 
                 log(f"{batch:>4} x {vocab:<8} {task:<18} {name:<30} {result.median_ms:10.2f} ms")
                 del run
                 gc.collect()
-            for result in task_results:
-                if result.implementation == "floor: np.max":
-                    floor_ms = result.median_ms
             peers = [r.median_ms for r in task_results if _is_peer(r.implementation)]
             for result in task_results:
-                if floor_ms:
-                    result.vs_floor = result.median_ms / floor_ms
                 if peers:
                     result.vs_best_peer = result.median_ms / min(peers)
             results.extend(task_results)
