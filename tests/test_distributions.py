@@ -1,9 +1,13 @@
 """Every strategy, every backend, float32 and bfloat16: the draws follow `reference_probs`.
 
-Each goodness-of-fit test makes one `sample` call on ``N`` identical rows (``N`` independent
-draws) and checks them with `assert_samples_match` at its defaults: level 1e-6 per assertion
-(a suite budget of 1e-3), and enough draws to detect a total-variation distance of 0.02 with
-probability 0.99. The support tests run at a vocabulary of 32768 with a quarter of it at -inf.
+Draws come from one `sample` call on many identical rows (``N`` independent draws per row) and
+are checked with `assert_samples_match` at its defaults: level 1e-6 per assertion (a suite
+budget of 1e-3) and enough draws to detect a total-variation distance of 0.02 with probability
+0.99. Per backend and dtype, one call draws a batch that holds every strategy as a row with
+per-row parameters; each strategy's test checks its row, and the mixed-batch test all rows
+together. (One call, because on JAX each distinct call structure costs a compile of seconds.)
+Scalar parameters, as users usually pass them, get one call per strategy in float32. The
+support tests run at a vocabulary of 32768 with a quarter of it at -inf.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from agnostic_sampling.stats import assert_samples_match, reference_probs  # noqa: E402
+from agnostic_sampling.stats import assert_samples_match, reference_probs, seed_for  # noqa: E402
 
 V = 32
 N = 65_536  # detects TV 0.02 at power 0.99 with up to 27 cells, even at level 1e-6 / 6 per row
@@ -27,9 +31,18 @@ STRATEGIES = {
     "min_p": dict(min_p=0.05),
     "combined": dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.02),
 }
-# One row per strategy in one batch: each row its own logits and parameters.
-MIXED = {name: np.array([STRATEGIES[s].get(name, off) for s in STRATEGIES])
-         for name, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("min_p", 0.0))}
+OFF = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+
+def per_row(strategies: dict[str, dict]) -> dict[str, np.ndarray]:
+    """The strategies as one batch: per-row parameter arrays, one row per strategy."""
+    return {name: np.array([params.get(name, off) for params in strategies.values()])
+            for name, off in OFF.items()}
+
+
+MIXED = per_row(STRATEGIES)
+# each row its own logits: the first is LOGITS, the others random rows of the same scale
+MIXED_LOGITS = np.concatenate([LOGITS[None], np.random.default_rng(7).standard_normal((5, V)) * 1.5])
 
 
 def cast(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -51,33 +64,60 @@ def assert_away_from_boundaries(logits: np.ndarray, params: dict) -> None:
                 assert np.array_equal(reference_probs(logits, **moved) > 0, support), (name, factor)
 
 
+_BATCHES: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int]] = {}
+
+
+def mixed_batch(backend, dtype: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(draws (N, rows), expected (rows, V), seed)`` of the batch, drawn once per backend and
+    dtype in this session and shared by the tests that check it."""
+    if backend.jitted and dtype == "bfloat16":
+        # the jitted program is the eager one traced once more; bfloat16 is cast inside both
+        pytest.skip("bfloat16 runs eagerly on JAX; under jit only float32 (each is a compile)")
+    if (backend.id, dtype) not in _BATCHES:
+        logits = cast(MIXED_LOGITS, dtype)
+        assert_away_from_boundaries(logits, MIXED)
+        seed = seed_for(f"tests/test_distributions.py::mixed_batch[{backend.id}-{dtype}]")
+        ids = backend.sample(backend.key(seed), np.broadcast_to(logits, (N, *logits.shape)), **MIXED)
+        assert ids.shape == (N, len(STRATEGIES))
+        _BATCHES[backend.id, dtype] = ids, reference_probs(logits, **MIXED), seed
+    return _BATCHES[backend.id, dtype]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_draws_follow_reference(backend, strategy, dtype, seed):
-    params = STRATEGIES[strategy]
-    logits = cast(LOGITS, dtype)
-    assert_away_from_boundaries(logits, params)
-    ids = backend.sample(backend.key(seed), np.broadcast_to(logits, (N, V)), **params)
-    assert ids.shape == (N,)
-    assert_samples_match(ids, reference_probs(logits, **params), seed=seed)
+def test_strategy_follows_reference(backend, strategy, dtype):
+    ids, expected, seed = mixed_batch(backend, dtype)
+    row = list(STRATEGIES).index(strategy)
+    assert_samples_match(ids[:, row], expected[row], seed=seed)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_mixed_batch_rows_follow_reference(backend, dtype, seed):
-    rows = len(STRATEGIES)
-    logits = cast(np.random.default_rng(7).standard_normal((rows, V)) * 1.5, dtype)
-    assert_away_from_boundaries(logits, MIXED)
-    ids = backend.sample(backend.key(seed), np.broadcast_to(logits, (N, rows, V)), **MIXED)
-    assert ids.shape == (N, rows)
-    # Bonferroni inside: each row is tested at 1e-6 / rows.
-    assert_samples_match(ids, reference_probs(logits, **MIXED), seed=seed)
+def test_mixed_batch_follows_reference(backend, dtype):
+    ids, expected, seed = mixed_batch(backend, dtype)
+    # one assertion for the batch: Bonferroni inside, each row at level 1e-6 / rows
+    assert_samples_match(ids, expected, seed=seed)
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_scalar_parameters_follow_reference(eager_backend, strategy, seed):
+    # Eager only, and on JAX three strategies: there every call structure is a compile of
+    # seconds. The batch tests above run every strategy, jitted too; scalars differ from per-row
+    # arrays only in broadcasting, which tests/test_pipeline.py checks against the oracle.
+    backend = eager_backend
+    if backend.name == "jax" and strategy not in ("temperature", "top_p", "combined"):
+        pytest.skip("covered by the batch tests on JAX")
+    params = STRATEGIES[strategy]
+    assert_away_from_boundaries(LOGITS, params)
+    ids = backend.sample(backend.key(seed), np.broadcast_to(LOGITS, (N, V)), **params)
+    assert ids.shape == (N,)
+    assert_samples_match(ids, reference_probs(LOGITS, **params), seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
 # Support at a large vocabulary: not one draw outside the kept set
 
 V_LARGE = 32_768
-N_SUPPORT = 64  # the backends sort 64 x 32768 logits per call; enough to see a leak
+N_SUPPORT = 32  # draws per strategy; the backends sort up to 192 x 32768 logits per call
 
 
 def large_logits(dtype: str) -> np.ndarray:
@@ -101,25 +141,65 @@ SUPPORT_STRATEGIES = {
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("strategy", list(SUPPORT_STRATEGIES))
-def test_no_draw_outside_support_at_large_vocabulary(backend, strategy, dtype, seed):
+def test_no_draw_outside_support_at_large_vocabulary(backend, dtype, seed):
+    params = per_row(SUPPORT_STRATEGIES)
+    logits = np.broadcast_to(large_logits(dtype), (len(SUPPORT_STRATEGIES), V_LARGE))
+    expected = reference_probs(logits, **params)
+    ids = backend.sample(backend.key(seed), np.broadcast_to(logits, (N_SUPPORT, *logits.shape)), **params)
+    for row, strategy in enumerate(SUPPORT_STRATEGIES):
+        drawn = ids[:, row]
+        outside = drawn[expected[row, drawn] == 0]
+        assert outside.size == 0, f"{strategy}: {outside.size} draws outside the support: {outside}"
+        if strategy != "greedy":
+            # the draws spread over the kept set, so a leak across a cut would have shown
+            assert np.unique(drawn).size > min(8, int((expected[row] > 0).sum()) // 2), strategy
+
+
+@pytest.mark.parametrize("strategy", ["top_p", "combined"])
+def test_scalar_parameters_no_draw_outside_support_at_large_vocabulary(eager_backend, strategy, seed):
+    backend = eager_backend
     params = SUPPORT_STRATEGIES[strategy]
-    logits = large_logits(dtype)
+    logits = large_logits("float32")
     expected = reference_probs(logits, **params)
     ids = backend.sample(backend.key(seed), np.broadcast_to(logits, (N_SUPPORT, V_LARGE)), **params)
-    outside = ids[expected[ids] == 0]
-    assert outside.size == 0, f"{outside.size} of {N_SUPPORT} draws outside the support: {outside[:10]}"
-    if strategy != "greedy":
-        # the draws spread over the kept set, so a leak across a cut would have shown
-        assert np.unique(ids).size > min(10, int((expected > 0).sum()) // 2)
+    assert (expected[ids] > 0).all(), ids[expected[ids] == 0]
 
 
-def test_mixed_batch_no_draw_outside_support_at_large_vocabulary(backend, seed):
-    logits = np.stack([large_logits("float32")] * len(SUPPORT_STRATEGIES))
-    params = {name: np.array([s.get(name, off) for s in SUPPORT_STRATEGIES.values()])
-              for name, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("min_p", 0.0))}
-    expected = reference_probs(logits, **params)
-    rows = np.arange(len(SUPPORT_STRATEGIES))
-    tiled = np.broadcast_to(logits, (N_SUPPORT // 4, *logits.shape))
-    ids = backend.sample(backend.key(seed), tiled, **params)
-    assert (expected[rows, ids] > 0).all()
+# --------------------------------------------------------------------------------------------
+# The `verify` command's logic
+
+
+def test_run_verification_passes_and_tabulates(eager_backend):
+    from agnostic_sampling.verify import STRATEGIES, format_table, run_verification
+
+    calls = []
+    # every strategy on NumPy; on JAX one row plus the batch (each strategy is a compile there)
+    names = [*STRATEGIES, "mixed batch"] if eager_backend.name == "numpy" else ["combined", "mixed batch"]
+    rows = run_verification(eager_backend.name, n=5000, progress=lambda *a: calls.append(a),
+                            strategies=names)
+    assert [row.strategy for row in rows] == names
+    assert all(row.passed and row.out_of_support == 0 and row.backend == eager_backend.name for row in rows)
+    assert calls[0] == (0, len(names), names[0]) and calls[-1] == (len(names), len(names), "mixed batch")
+    assert len(calls) == len(names) + 1
+    table = format_table(rows)
+    assert f"all {len(names)} rows pass" in table and "mixed batch" in table and "detectable TV" in table
+
+
+def test_run_verification_fails_a_wrong_sampler(monkeypatch):
+    import agnostic_sampling as smp
+    from agnostic_sampling.verify import format_table, run_verification
+
+    real = smp.sample
+
+    def too_hot(key, logits, **params):  # a planted bug: temperature 50% too high
+        return real(key, logits, **dict(params, temperature=np.asarray(params.get("temperature", 1.0)) * 1.5))
+
+    monkeypatch.setattr(smp, "sample", too_hot)
+    rows = {row.strategy: row for row in run_verification("numpy", n=5000)}
+    assert rows["greedy"].passed  # 0 * 1.5 is still greedy
+    assert not rows["temperature"].passed and not rows["mixed batch"].passed
+    assert "FAIL" in format_table(list(rows.values()))
+    with pytest.raises(ValueError, match="at least 1000"):
+        run_verification("numpy", n=10)
+    with pytest.raises(ValueError, match="strategies must be names among greedy, temperature"):
+        run_verification("numpy", strategies=["nucleus"])
