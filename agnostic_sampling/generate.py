@@ -431,8 +431,10 @@ def _run_jax(plan: _Plan, fn: Any, *, stateful: bool, state: Any, context_size: 
                               return_logprobs=plan.return_logprobs)
     except ValueError as error:
         if "Non-hashable static arguments" in str(error):
-            raise TypeError(f"the {'step' if stateful else 'model'} must be hashable on JAX (it is a "
-                            "static argument of the compiled loop)") from error
+            what = "step" if stateful else "model"
+            raise TypeError(f"the {what} must be hashable on JAX (it is a static argument of the "
+                            f"compiled loop); define a function that calls it, once, and pass that "
+                            f"function") from error
         raise
 
 

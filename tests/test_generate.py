@@ -381,6 +381,17 @@ def test_model_returning_the_wrong_shape_is_reported(dec):
         dec.run_with_state(0, whole, dec.array(0), [[1, 2]], max_new_tokens=3)
 
 
+def test_jax_unhashable_model_is_reported(jax_dec):
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, ids: Any) -> Any:
+            return jax_dec.table[ids]
+
+    with pytest.raises(TypeError, match="the model must be hashable on JAX"):
+        jax_dec.run(0, Unhashable(), [[1]], max_new_tokens=2)
+
+
 def test_keys_of_the_other_backend_are_refused(dec):
     if dec.name == "numpy":
         jax = pytest.importorskip("jax")
