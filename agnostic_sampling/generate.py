@@ -385,7 +385,11 @@ class _NumpyLoop:
             taking = ~finished & (plan.lengths <= t + 1)
             if not taking.any():
                 continue  # every row is reading its prompt (a step's prefill) or has finished
-            tokens = sample(plan.key, logits, params=plan.params, backend="numpy")
+            try:
+                tokens = sample(plan.key, logits, params=plan.params, backend="numpy")
+            except ValueError as error:  # bad logits: say which step of the loop produced them
+                raise ValueError(f"the logits for position {t + 1} (fed through position {t}): "
+                                 f"{error}") from error
             ids[taking, t + 1] = tokens[taking]
             if plan.return_logprobs:
                 token_logprobs = _token_logprobs(logits, tokens, plan.params)

@@ -392,6 +392,19 @@ def test_jax_unhashable_model_is_reported(jax_dec):
         jax_dec.run(0, Unhashable(), [[1]], max_new_tokens=2)
 
 
+def test_nan_logits_are_reported_with_the_position():
+    def nan_at_position_two(ids: Any) -> Any:
+        out = TABLE[ids]
+        if ids.shape[1] == 3:
+            out = out.copy()
+            out[1, -1, 4] = np.nan
+        return out
+
+    with pytest.raises(ValueError, match=r"logits for position 3 \(fed through position 2\): logits row 1 "
+                                         "contains NaN"):
+        smp.generate(0, nan_at_position_two, np.array([[1], [2]]), max_new_tokens=5)
+
+
 def test_keys_of_the_other_backend_are_refused(dec):
     if dec.name == "numpy":
         jax = pytest.importorskip("jax")
