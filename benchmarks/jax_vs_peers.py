@@ -43,7 +43,8 @@ def sort_based(key: jax.Array, logits: jax.Array, temperature: float, top_p: flo
     return jnp.take_along_axis(order, position[:, None], axis=-1)[:, 0]
 
 
-def sort_based_top_k(key: jax.Array, logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+def sort_based_top_k(key: jax.Array, logits: jax.Array, temperature: float, top_k: int,
+                     top_p: float) -> jax.Array:
     z = logits / temperature
     order = jnp.argsort(-z, axis=-1)
     ordered = jnp.take_along_axis(z, order, axis=-1)
@@ -109,9 +110,11 @@ def main() -> None:
           f"({platform.processor() or platform.machine()}); median of {args.repeats} after warm-up")
     print("temperature 0.8, top-k 50, top-p 0.9:")
     a = row("agnostic smp.sample (traced params)", ours_jit, key, logits, full)
-    b = row("lax.top_k static k=50 + top-p on 50", jax.jit(lambda k, x: static_top_k(k, x, 0.8, 0.9, k=50)), key, logits)
+    b = row("lax.top_k static k=50 + top-p on 50",
+            jax.jit(lambda k, x: static_top_k(k, x, 0.8, 0.9, k=50)), key, logits)
     c = row("sort-based (jnp.sort + cumsum + categorical)",
-            jax.jit(lambda k, x: sort_based_top_k(k, x, 0.8, 50, 0.9)), key, logits, repeats=args.sort_repeats)
+            jax.jit(lambda k, x: sort_based_top_k(k, x, 0.8, 50, 0.9)), key, logits,
+            repeats=args.sort_repeats)
     print(f"  ratio agnostic / lax.top_k = {a / b:.2f}x; sort-based / agnostic = {c / a:.1f}x")
 
     print("top-p 0.9 alone:")

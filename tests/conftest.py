@@ -72,10 +72,11 @@ def _jitted(fn: Any) -> Any:
     return _JITTED[fn]
 
 
+NEEDS_JAX = pytest.mark.skipif(not HAVE_JAX, reason="JAX not installed")
 BACKENDS = [
     pytest.param(("numpy", False), id="numpy"),
-    pytest.param(("jax", False), id="jax", marks=pytest.mark.skipif(not HAVE_JAX, reason="JAX not installed")),
-    pytest.param(("jax", True), id="jax-jit", marks=pytest.mark.skipif(not HAVE_JAX, reason="JAX not installed")),
+    pytest.param(("jax", False), id="jax", marks=NEEDS_JAX),
+    pytest.param(("jax", True), id="jax-jit", marks=NEEDS_JAX),
 ]
 
 

@@ -98,7 +98,8 @@ def test_identical_rows_with_one_key_draw_different_tokens():
     logits = jnp.asarray(np.tile(logits_for(4, 1, 1000), (256, 1)))
     ids = np.asarray(smp.sample(jax.random.key(4), logits, temperature=1.5, top_p=0.99))
     assert len(np.unique(ids)) > 40
-    np.testing.assert_array_equal(ids, np.asarray(smp.sample(jax.random.key(4), logits, temperature=1.5, top_p=0.99)))
+    again = smp.sample(jax.random.key(4), logits, temperature=1.5, top_p=0.99)
+    np.testing.assert_array_equal(ids, again)
 
 
 def test_int_typed_and_legacy_keys_agree():
@@ -198,7 +199,8 @@ def test_sampling_inside_scan_and_while_loop():
         key, sub = jax.random.split(key)
         return i + 1, key, total + smp.sample(sub, logits, top_k=1)
 
-    _, _, total = jax.lax.while_loop(lambda c: c[0] < 3, body, (0, jax.random.key(0), jnp.zeros(ROWS, jnp.int32)))
+    start = (0, jax.random.key(0), jnp.zeros(ROWS, jnp.int32))
+    _, _, total = jax.lax.while_loop(lambda c: c[0] < 3, body, start)
     np.testing.assert_array_equal(total, 3 * np.argmax(logits, -1))
 
 
@@ -207,3 +209,28 @@ def test_float64_input_is_computed_in_float32_without_x64():
     p = smp.probs(logits, backend="jax", top_k=5)
     assert isinstance(p, jax.Array) and p.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(p) > 0, smp.probs(logits.astype(np.float32), top_k=5) > 0)
+
+
+def test_vocabulary_sharded_over_devices_needs_no_all_gather():
+    """The pipeline is reductions only: with the vocabulary split over two (CPU) devices the
+    compiled program has per-row all-reduces and no all-gather, and gives the unsharded tokens."""
+    code = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, jax.numpy as jnp, numpy as np, agnostic_sampling as smp
+from jax.sharding import NamedSharding, PartitionSpec
+logits = np.random.default_rng(0).standard_normal((4, 1024)).astype(np.float32)
+sharded = jax.device_put(logits, NamedSharding(jax.make_mesh((2,), ("v",)), PartitionSpec(None, "v")))
+params = smp.SamplingParams(temperature=jnp.float32(0.8), top_k=jnp.int32(50), top_p=jnp.float32(0.9),
+                            min_p=jnp.float32(0.01), min_keep=jnp.int32(2))
+draw = jax.jit(lambda k, x, p: smp.sample(k, x, params=p))
+hlo = draw.lower(jax.random.key(0), sharded, params).compile().as_text()
+assert "all-gather" not in hlo and "all-reduce" in hlo
+np.testing.assert_array_equal(draw(jax.random.key(0), sharded, params),
+                              smp.sample(jax.random.key(0), jnp.asarray(logits), params=params))
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

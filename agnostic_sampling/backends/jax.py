@@ -77,9 +77,12 @@ def as_key(key: Any) -> jax.Array:
             return jax.random.wrap_key_data(key)
         if jnp.issubdtype(key.dtype, jnp.integer) and key.ndim == 0:
             return jax.random.key(key)
+    described = type(key).__name__
+    if hasattr(key, "dtype"):
+        described += f" of dtype {key.dtype} and shape {key.shape}"
     raise TypeError(
         "key must be a jax.random.key, a legacy PRNGKey (uint32 of shape (..., 2)) or an int seed, "
-        f"got {type(key).__name__}" + (f" of dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype") else "")
+        f"got {described}"
     )
 
 
@@ -289,7 +292,8 @@ def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: j
     return _from_key(hi, dtype)
 
 
-def _threshold(z: jax.Array, weight: jax.Array | None, rows: _Rows, plan: _Plan, skip: jax.Array) -> jax.Array:
+def _threshold(z: jax.Array, weight: jax.Array | None, rows: _Rows, plan: _Plan,
+               skip: jax.Array) -> jax.Array:
     """Each row's final threshold: the kept set is the finite ``z`` at or above it (SPEC 3)."""
     dtype = z.dtype
     minus_inf = jnp.full(z.shape[:1], -jnp.inf, dtype)
@@ -386,7 +390,8 @@ def _probs(logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.
 
 
 @functools.partial(jax.jit, static_argnames="plan")
-def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.Array, jax.Array]:
+def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
+            plan: _Plan) -> tuple[jax.Array, jax.Array]:
     z, status = _process(logits, params, plan)
     kept = z > -jnp.inf
     noise = _noise(key, z.shape, logits.shape[:-1], jnp.promote_types(z.dtype, jnp.float32))
