@@ -346,7 +346,7 @@ def test_planted_bug_caught_at_predicted_size(bug, seed):
 @pytest.mark.parametrize("bug", list(PLANTED))
 def test_planted_bug_power_matches_prediction(bug, seed):
     expected, buggy = PLANTED[bug]()
-    alpha, reps = 1e-3, 300
+    alpha, reps = 1e-3, 1000
     n = smallest_n(expected, buggy, 0.5, alpha)
     predicted = power_against(expected, buggy, n, alpha=alpha)
     hits = rejections(np.random.default_rng(seed), buggy, expected, n, alpha, reps)
