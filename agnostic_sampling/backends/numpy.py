@@ -324,13 +324,18 @@ def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows
         weight[~in_set] = 0.0
         mass_before = np.cumsum(weight, axis=-1) - weight
         inside = weight.sum(axis=-1)
-        reached = []
-        for bound in (0, 1):
-            mass = inside if total is None else np.where(known, inside, total[bound])
-            reached.append(((mass_before < (prm.top_p * mass)[:, None]) & in_set).sum(axis=-1))
-        exhausted |= active & (reached[0] >= valid) & (received > valid)
-        ambiguous |= active & ~exhausted & (reached[0] != reached[1])
-        count = _keep_top(z, received, np.maximum(reached[1], 1))
+
+        def reached(mass: np.ndarray) -> np.ndarray:
+            return ((mass_before < (prm.top_p * mass)[:, None]) & in_set).sum(axis=-1)
+
+        if total is None or known.all():
+            reached_low = reached_high = reached(inside)
+        else:
+            reached_low = reached(np.where(known, inside, total[0]))
+            reached_high = reached(np.where(known, inside, total[1]))
+        exhausted |= active & (reached_low >= valid) & (received > valid)
+        ambiguous |= active & ~exhausted & (reached_low != reached_high)
+        count = _keep_top(z, received, np.maximum(reached_high, 1))
         received = np.where(active, at_least_min_keep(count, received), received)
 
     # Min-p: keep i iff z_i >= max z + log(min_p); max z is 0 after the shift.
