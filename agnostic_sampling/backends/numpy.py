@@ -41,7 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from agnostic_sampling._api import ROW_NAN, ROW_NO_FINITE, ROW_OK, ROW_POSINF
+from agnostic_sampling._api import ROW_NAN
+from agnostic_sampling._api import ROW_NO_FINITE
+from agnostic_sampling._api import ROW_OK
+from agnostic_sampling._api import ROW_POSINF
 from agnostic_sampling._params import SamplingParams
 
 BLOCK = 256  # logits per block of the block-maximum pass
@@ -49,6 +52,7 @@ MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unk
 GROWTH = 8  # how much the candidate list grows when a row needs more
 DENSE_HEAD = 16  # blocks in the head of a dense row's mixture draw
 CHUNK = 2**17  # logits per chunk of the row-wise passes that must stay in cache
+WIDE = 4096  # candidate lists wider than this are handled row by row, or by blocks
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
@@ -274,12 +278,24 @@ def _outside_mass_exact(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, te
     return total
 
 
+def _count_sorted(values: np.ndarray, bound: np.ndarray, below: bool) -> np.ndarray:
+    """Per row of ``values`` sorted along the row, how many are ``< bound`` (``below``; the row
+    increasing) or ``>= bound`` (the row decreasing). Wide rows use a binary search per row."""
+    if values.shape[1] <= WIDE:
+        return ((values < bound[:, None]) if below else (values >= bound[:, None])).sum(axis=-1)
+    if below:
+        return np.array([np.searchsorted(row, b, side="left") for row, b in zip(values, bound, strict=True)])
+    width = values.shape[1]
+    return np.array([width - np.searchsorted(row[::-1], b, side="left")
+                     for row, b in zip(values, bound, strict=True)])
+
+
 def _keep_top(z: np.ndarray, received: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Size of the upper set holding the ``j`` largest of the first ``received`` (ties kept)."""
     j = np.minimum(j, received)
     last = np.clip(j - 1, 0, z.shape[1] - 1)  # rows needing more than z holds are retried anyway
-    value = np.take_along_axis(z, last[:, None], -1)
-    return np.where(j >= received, received, (z >= value).sum(axis=-1))
+    value = np.take_along_axis(z, last[:, None], -1)[:, 0]
+    return np.where(j >= received, received, _count_sorted(z, value, below=False))
 
 
 def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows,
@@ -319,14 +335,18 @@ def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows
     active = prm.top_p < 1
     if active.any():
         known = received <= width
-        weight = np.exp(z.astype(np.float64))
-        in_set = position < np.minimum(received, valid)[:, None]
-        weight[~in_set] = 0.0
-        mass_before = np.cumsum(weight, axis=-1) - weight
-        inside = weight.sum(axis=-1)
+        limit = np.minimum(received, valid)
+        # Float64 sums (float32 terms suffice for the wide rows, which are whole rows).
+        weight = np.exp(z) if width > WIDE else np.exp(z.astype(np.float64))
+        weight[position >= limit[:, None]] = 0.0
+        mass_after = np.cumsum(weight, axis=-1, dtype=np.float64)  # never decreases along a row
+        inside = mass_after[:, -1]
 
         def reached(mass: np.ndarray) -> np.ndarray:
-            return ((mass_before < (prm.top_p * mass)[:, None]) & in_set).sum(axis=-1)
+            # the mass before position j is mass_after[j - 1] (0 before the first)
+            bound = prm.top_p * mass
+            after = _count_sorted(mass_after[:, :-1], bound, below=True)
+            return np.where(bound > 0, np.minimum(after + 1, limit), 0)
 
         if total is None or known.all():
             reached_low = reached_high = reached(inside)
@@ -564,10 +584,15 @@ def _pick(cumulative: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.
 def _draw_candidates(index: np.ndarray, logit: np.ndarray, cut: np.ndarray,
                      uniform: np.ndarray) -> np.ndarray:
     """Inverse CDF over the candidates whose tempered logit is at least ``cut``."""
-    weight = np.exp(logit.astype(np.float64))
-    weight[logit < cut[:, None]] = 0.0
-    cumulative = np.cumsum(weight, axis=-1)
-    position = _pick(cumulative, uniform * cumulative[:, -1], weight)
+    if logit.shape[1] > WIDE:  # a whole row: block sums instead of a row-long cumulative sum
+        weight = np.exp(logit)
+        weight[logit < cut[:, None]] = 0.0
+        position = _draw_by_blocks(weight, uniform)
+    else:
+        weight = np.exp(logit.astype(np.float64))
+        weight[logit < cut[:, None]] = 0.0
+        cumulative = np.cumsum(weight, axis=-1)
+        position = _pick(cumulative, uniform * cumulative[:, -1], weight)
     return np.take_along_axis(index, position[:, None], -1)[:, 0]
 
 
