@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from agnostic_sampling._params import SamplingParams, resolve_params, validate_params
+from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import resolve_params
+from agnostic_sampling._params import validate_params
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -416,10 +418,12 @@ def chisquare_gof(
     each expected at least ``min_expected`` times. A draw on a token of probability zero (or an
     id outside ``[0, V)``) is impossible under the hypothesis, so it makes the p-value 0.
 
-    Valid when the draws are independent and every cell's expected count is large: the default
-    50 keeps the chi-square approximation accurate down to levels of about 1e-6 (the usual 5 is
-    not: at level 1e-4 it raises false alarms several times too often). A one-token support
-    (a greedy row) has no chi-square: its p-value is 1 when every draw is that token, else 0.
+    Valid when the draws are independent and every cell's expected count is large. The usual
+    5 is not enough at small levels: with one cell expected 5 times, 10^6 simulated tests raised
+    2.6 times the nominal false alarms at level 1e-4 and 4.9 times at 1e-5; with that cell
+    expected 50 times (the default), 0.97 and 1.6 times (16 alarms for 10 expected). A one-token
+    support (a greedy row) has no chi-square: its p-value is 1 when every draw is that token,
+    else 0.
 
     Args:
         observed: the draws, integer token ids of any shape; or, with ``counts=True``, the

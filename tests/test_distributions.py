@@ -15,9 +15,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("scipy")
+from agnostic_sampling.stats import assert_samples_match
+from agnostic_sampling.stats import reference_probs
+from agnostic_sampling.stats import seed_for
 
-from agnostic_sampling.stats import assert_samples_match, reference_probs, seed_for  # noqa: E402
+pytest.importorskip("scipy")  # the checks need SciPy; CI also runs a NumPy-only suite
 
 V = 32
 N = 65_536  # detects TV 0.02 at power 0.99 with up to 27 cells, even at level 1e-6 / 6 per row
@@ -170,7 +172,9 @@ def test_scalar_parameters_no_draw_outside_support_at_large_vocabulary(eager_bac
 
 
 def test_run_verification_passes_and_tabulates(eager_backend):
-    from agnostic_sampling.verify import STRATEGIES, format_table, run_verification
+    from agnostic_sampling.verify import STRATEGIES
+    from agnostic_sampling.verify import format_table
+    from agnostic_sampling.verify import run_verification
 
     calls = []
     # every strategy on NumPy; on JAX one row plus the batch (each strategy is a compile there)
@@ -187,7 +191,8 @@ def test_run_verification_passes_and_tabulates(eager_backend):
 
 def test_run_verification_fails_a_wrong_sampler(monkeypatch):
     import agnostic_sampling as smp
-    from agnostic_sampling.verify import format_table, run_verification
+    from agnostic_sampling.verify import format_table
+    from agnostic_sampling.verify import run_verification
 
     real = smp.sample
 

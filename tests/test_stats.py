@@ -8,20 +8,18 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("scipy")
+import agnostic_sampling as smp
+from agnostic_sampling import stats
+from agnostic_sampling.stats import DEFAULT_ALPHA
+from agnostic_sampling.stats import assert_samples_match
+from agnostic_sampling.stats import chisquare_gof
+from agnostic_sampling.stats import detectable_tv
+from agnostic_sampling.stats import power_against
+from agnostic_sampling.stats import reference_probs
+from agnostic_sampling.stats import required_samples
+from agnostic_sampling.stats import seed_for
 
-import agnostic_sampling as smp  # noqa: E402
-from agnostic_sampling import stats  # noqa: E402
-from agnostic_sampling.stats import (  # noqa: E402
-    DEFAULT_ALPHA,
-    assert_samples_match,
-    chisquare_gof,
-    detectable_tv,
-    power_against,
-    reference_probs,
-    required_samples,
-    seed_for,
-)
+pytest.importorskip("scipy")  # the checks need SciPy; CI also runs a NumPy-only suite
 
 LOGITS = (np.random.default_rng(20261126).standard_normal(32) * 1.5).astype(np.float32)
 HEAVY = np.random.default_rng(1000).standard_normal(1000) * 2  # a long tail of small tokens
