@@ -33,12 +33,14 @@ import pytest
 jax = pytest.importorskip("jax")
 
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import agnostic_sampling as smp  # noqa: E402
 from agnostic_sampling import stats  # noqa: E402
-from agnostic_sampling.sharding import collectives, pad_vocab  # noqa: E402
+from agnostic_sampling.sharding import collectives  # noqa: E402
+from agnostic_sampling.sharding import pad_vocab  # noqa: E402
 
 N_DEVICES = 8
 ENOUGH = len(jax.devices()) >= N_DEVICES
@@ -295,7 +297,8 @@ def test_gumbel_noise_does_not_depend_on_the_device_count() -> None:
 
 @needs_devices
 def test_generate_with_a_vocabulary_sharded_model(seed: int) -> None:
-    """A bigram "model" whose output columns are split over 8 devices: same ids, no gather."""
+    """A bigram "model" whose output columns are split over 8 devices: same ids and log-probs, and
+    no gather (the chosen token's log-probability is a masked per-row sum, an all-reduce too)."""
     vocab = 256
     table = np.random.default_rng(seed).standard_normal((vocab, vocab)).astype(np.float32) * 2
     mesh = _mesh((8,), ("vocab",))
@@ -303,11 +306,13 @@ def test_generate_with_a_vocabulary_sharded_model(seed: int) -> None:
     prompt = jnp.asarray(np.arange(8).reshape(4, 2) % vocab, jnp.int32)
 
     def decode(key: Any, prompt: Any, table: Any) -> Any:
-        return smp.generate(key, lambda ids: table[ids], prompt, max_new_tokens=6, top_p=0.9, min_p=0.02).ids
+        return smp.generate(key, lambda ids: table[ids], prompt, max_new_tokens=6, top_p=0.9, min_p=0.02,
+                            return_logprobs=True)
 
     run = jax.jit(decode)
     key = jax.random.key(seed)
     program = _compiled(run, key, prompt, sharded_table)
-    ids = np.asarray(program(key, prompt, sharded_table))
-    np.testing.assert_array_equal(ids, np.asarray(run(key, prompt, jnp.asarray(table))))
+    out, unsharded = program(key, prompt, sharded_table), run(key, prompt, jnp.asarray(table))
+    np.testing.assert_array_equal(np.asarray(out.ids), np.asarray(unsharded.ids))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(unsharded.logprobs), rtol=1e-5, atol=1e-6)
     _assert_only_row_scalars_move(program.as_text(), prompt.shape[0])
