@@ -18,7 +18,8 @@ Importing this module imports neither JAX nor SciPy.
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
