@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from agnostic_sampling._dispatch import get_backend, is_tracer
+from agnostic_sampling._dispatch import get_backend
+from agnostic_sampling._dispatch import is_tracer
 
 __all__ = ["SamplingParams", "resolve_params", "validate_params"]
 

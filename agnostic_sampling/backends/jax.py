@@ -34,16 +34,21 @@ NaN or infinite temperature makes the row greedy; a negative ``top_k`` is 0; ``t
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from agnostic_sampling._api import ROW_NAN, ROW_NO_FINITE, ROW_OK, ROW_POSINF
+from agnostic_sampling._api import ROW_NAN
+from agnostic_sampling._api import ROW_NO_FINITE
+from agnostic_sampling._api import ROW_OK
+from agnostic_sampling._api import ROW_POSINF
 from agnostic_sampling._dispatch import is_tracer
-from agnostic_sampling._params import FIELDS, SamplingParams
+from agnostic_sampling._params import FIELDS
+from agnostic_sampling._params import SamplingParams
 
 # Values traced, None-ness static: None is an empty pytree, so it is part of the structure.
 jax.tree_util.register_dataclass(SamplingParams, data_fields=list(FIELDS), meta_fields=[])
@@ -367,14 +372,14 @@ def _noise(key: jax.Array, shape: tuple[int, int], batch_shape: tuple[int, ...],
 @jax.jit
 def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     x = logits.reshape(-1, logits.shape[-1]).astype(_compute_dtype(logits.dtype))
-    raw_max = jnp.max(x, axis=-1)
-    # Two reductions unless a row holds NaN: the maximum, then the first index equal to it
-    # (+inf rows find their first +inf, rows with no finite logit are told apart by status).
-    clean = lax.cond(jnp.any(jnp.isnan(raw_max)), lambda: _clean(x),
-                     lambda: _Clean(x, raw_max, _status(raw_max, jnp.isnan(raw_max))))
-    first = _index_of_first(clean.x == clean.row_max[:, None])
-    ids = jnp.where(clean.row_max == -jnp.inf, -1, first)
-    return ids.reshape(logits.shape[:-1]), clean.status.reshape(logits.shape[:-1])
+    raw_max = jnp.max(x, axis=-1)  # NaN if the row holds one
+    has_nan = jnp.isnan(raw_max)
+    # Two reductions unless a row holds NaN: the maximum, then the first index equal to it.
+    # NaN never equals the maximum, and a +inf row finds its first +inf.
+    row_max = lax.cond(jnp.any(has_nan), lambda: jnp.max(jnp.where(jnp.isnan(x), -jnp.inf, x), axis=-1),
+                       lambda: raw_max)
+    ids = jnp.where(row_max == -jnp.inf, -1, _index_of_first(x == row_max[:, None]))
+    return ids.reshape(logits.shape[:-1]), _status(row_max, has_nan).reshape(logits.shape[:-1])
 
 
 @functools.partial(jax.jit, static_argnames="plan")
