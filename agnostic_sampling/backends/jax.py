@@ -344,9 +344,11 @@ def _process(logits: jax.Array, params: SamplingParams, plan: _Plan) -> _Process
         weight = jnp.exp(z) if plan.top_p else None
         threshold = _threshold(z, weight, rows, plan, rows.greedy | no_finite)
         z = jnp.where(z >= threshold[:, None], z, -jnp.inf)
-    first = _index_of_first(x == clean.row_max[:, None])
-    one_hot = lax.broadcasted_iota(jnp.int32, x.shape, 1) == first[:, None]
     greedy = rows.greedy & ~no_finite
+    # A batch without greedy rows skips the first-index pass (under vmap both branches run).
+    first = lax.cond(jnp.any(greedy), lambda: _index_of_first(x == clean.row_max[:, None]),
+                     lambda: jnp.zeros(x.shape[:1], jnp.int32))
+    one_hot = lax.broadcasted_iota(jnp.int32, x.shape, 1) == first[:, None]
     z = jnp.where(greedy[:, None], jnp.where(one_hot, 0, -jnp.inf).astype(dtype), z)
     return _Processed(z, clean.status)
 
