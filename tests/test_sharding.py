@@ -11,11 +11,11 @@ the flag (about 20-40 s); on a machine with 8 devices, or under
 directly.
 
 What is checked, for a batch axis, a vocabulary axis, and both: kept sets equal to the unsharded
-ones, the same draws for the same key, probabilities equal to float rounding, the sharding of
-each result, a compiled program whose only collectives are all-reduces of per-row scalars (and
-no array larger than one device's shard), the statistical suite on vocabulary-sharded draws, a
-vocabulary padded with ``-inf`` to a multiple of the device count, Gumbel noise identical for 1,
-2, 4 and 8 devices, and `generate` with a vocabulary-sharded model.
+ones, the same draws for the same key and the same greedy ids, probabilities equal to float
+rounding, the sharding of each result, a compiled program whose only collectives are all-reduces
+of per-row scalars (and no array larger than one device's shard), the statistical suite on
+vocabulary-sharded draws, a vocabulary padded with ``-inf`` to a multiple of 128, Gumbel noise
+identical on 1, 2, 4 and 8 devices, and `generate` with a vocabulary-sharded model.
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def _mixed_params(batch: int) -> smp.SamplingParams:
     )
 
 
-def _pipeline(key: Any, logits: Any, params: smp.SamplingParams) -> tuple[Any, Any, Any]:
+def _pipeline(key: Any, logits: Any, params: smp.SamplingParams) -> tuple[Any, Any, Any, Any]:
     return (smp.process_logits(logits, params=params), smp.probs(logits, params=params),
-            smp.sample(key, logits, params=params))
+            smp.sample(key, logits, params=params), smp.greedy(logits))
 
 
 _PIPELINE = jax.jit(_pipeline)
@@ -177,18 +177,20 @@ def test_sharded_matches_unsharded(layout: str, seed: int) -> None:
     shape, names, spec = LAYOUTS[layout]
     mesh = _mesh(shape, names)
     x, params, key = _logits(BATCH, VOCAB, seed), _mixed_params(BATCH), jax.random.key(seed)
-    z_ref, p_ref, ids_ref = (np.asarray(a) for a in _PIPELINE(key, jnp.asarray(x), params))
+    z_ref, p_ref, ids_ref, top_ref = (np.asarray(a) for a in _PIPELINE(key, jnp.asarray(x), params))
     sharded = jax.device_put(x, NamedSharding(mesh, spec))
     program = _compiled(_PIPELINE, key, sharded, params)
-    z, p, ids = program(key, sharded, params)
+    z, p, ids, top = program(key, sharded, params)
 
     np.testing.assert_array_equal(np.isfinite(np.asarray(z)), np.isfinite(z_ref), err_msg="kept sets differ")
     np.testing.assert_allclose(np.asarray(p), p_ref, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(ids), ids_ref, err_msg="draws with the same key differ")
+    np.testing.assert_array_equal(np.asarray(top), top_ref)
     # Results keep the input's layout: (B, V) outputs as given, ids split like the batch axis.
     assert z.sharding.is_equivalent_to(sharded.sharding, 2)
     assert p.sharding.is_equivalent_to(sharded.sharding, 2)
-    assert ids.sharding.is_equivalent_to(NamedSharding(mesh, P(spec[0])), 1), ids.sharding
+    for row_result in (ids, top):
+        assert row_result.sharding.is_equivalent_to(NamedSharding(mesh, P(spec[0])), 1), row_result.sharding
 
     batch_shards = mesh.shape["batch"] if "batch" in names else 1
     vocab_shards = mesh.shape["vocab"] if "vocab" in names else 1
@@ -249,11 +251,11 @@ def test_vocabulary_not_divisible_padded_with_minus_inf(seed: int) -> None:
     vocab = VOCAB - 3
     x, params = _logits(BATCH, vocab, seed), _mixed_params(BATCH)
     keys = jax.random.split(jax.random.key(seed), BATCH)
-    z_ref, p_ref, ids_ref = (np.asarray(a) for a in _PIPELINE(keys, jnp.asarray(x), params))
+    z_ref, p_ref, ids_ref, _ = (np.asarray(a) for a in _PIPELINE(keys, jnp.asarray(x), params))
     mesh = _mesh((8,), ("vocab",))
     padded = jax.device_put(pad_vocab(x, 128), NamedSharding(mesh, P(None, "vocab")))
     assert padded.shape == (BATCH, VOCAB)
-    z, p, ids = (np.asarray(a) for a in _PIPELINE(keys, padded, params))
+    z, p, ids, _ = (np.asarray(a) for a in _PIPELINE(keys, padded, params))
 
     np.testing.assert_array_equal(np.isfinite(z[:, :vocab]), np.isfinite(z_ref))
     assert not np.isfinite(z[:, vocab:]).any() and not p[:, vocab:].any()
