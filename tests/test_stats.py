@@ -417,3 +417,18 @@ def test_numpy_sampler_false_alarm_rate():
     alarms = int((pvalues < 0.05).sum())
     assert st.binomtest(alarms, tests, 0.05).pvalue > 1e-3, alarms
     assert st.kstest(pvalues, "uniform").pvalue > 1e-3
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from agnostic_sampling import verify
+
+    results = doctest.testmod(stats, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 10 and results.failed == 0
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in finder.find(verify.format_table, "format_table", globs={}):
+        runner.run(test)
+    # (run_verification's example, a 7-strategy run, is what test_distributions.py runs as well)
+    assert runner.summarize(verbose=False).failed == 0
