@@ -23,8 +23,9 @@ float32 from the caller's key, found by a max and then a first-index-of-max redu
 scans the vocabulary axis, so sharding that axis costs only per-row all-reduces.
 
 Parameters are traced data: their values never cause a recompile. Only shapes, dtypes, which
-fields are ``None``, and whether a concrete field is everywhere at its off value (a Python
-``min_keep=1`` skips the min_keep search) are static. Under ``jit`` bad values follow SPEC
+fields are ``None``, and whether a concrete (untraced) field is everywhere at its off value (then
+its step is left out of the program) are static. Searches that a row does not need (``k <= 1``,
+a step off for that row, a greedy row) finish before their first pass. Under ``jit`` bad values follow SPEC
 section 4's traced column: NaN logits count as ``-inf``; a row with ``+inf`` keeps only its
 ``+inf`` tokens; a row with no finite logit gives id ``-1`` and zero probabilities; a negative,
 NaN or infinite temperature makes the row greedy; a negative ``top_k`` is 0; ``top_p`` and
