@@ -11,6 +11,7 @@ from agnostic_sampling._api import greedy
 from agnostic_sampling._api import probs
 from agnostic_sampling._api import process_logits
 from agnostic_sampling._api import sample
+from agnostic_sampling import stats
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling.generate import GenerateResult
 from agnostic_sampling.generate import generate
@@ -27,4 +28,5 @@ __all__ = [
     "probs",
     "process_logits",
     "sample",
+    "stats",
 ]
