@@ -7,11 +7,11 @@ Example:
     3
 """
 
+from agnostic_sampling import stats
 from agnostic_sampling._api import greedy
 from agnostic_sampling._api import probs
 from agnostic_sampling._api import process_logits
 from agnostic_sampling._api import sample
-from agnostic_sampling import stats
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling.generate import GenerateResult
 from agnostic_sampling.generate import generate
