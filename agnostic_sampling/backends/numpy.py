@@ -254,8 +254,7 @@ def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, tem
     bits = np.empty(work.shape, np.int32)
     for part in chunks:
         w, b = work[: rows[part].size], bits[: rows[part].size]
-        np.take(x, rows[part], axis=0, out=w)
-        w -= row_max[part, None]
+        _subtract_rows(x, rows[part], row_max[part], out=w)
         w *= scale[part]
         w += 127 * 2**23
         np.maximum(w, 2**23, out=w)  # below 2**-126 counts as 2**-126: still an upper bound
@@ -495,10 +494,18 @@ def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
 def _tempered_into(out: np.ndarray, x: np.ndarray, rows: np.ndarray, row_max: np.ndarray,
                    temperature: np.ndarray) -> np.ndarray:
     """`_tempered` of ``x[rows]``, written into ``out`` (no allocation; the same arithmetic)."""
-    np.take(x, rows, axis=0, out=out)
-    out -= row_max[:, None]
+    _subtract_rows(x, rows, row_max, out=out)
     out /= np.where(temperature == 0, 1, temperature).astype(x.dtype)[:, None]
     return out
+
+
+def _subtract_rows(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, out: np.ndarray) -> None:
+    """``out = x[rows] - row_max[:, None]`` in one pass (no copy of a single row first)."""
+    if rows.size == 1:
+        np.subtract(x[rows[0]], row_max[0], out=out[0])
+    else:
+        np.take(x, rows, axis=0, out=out)
+        out -= row_max[:, None]
 
 
 def _tempered(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray) -> np.ndarray:
