@@ -26,7 +26,9 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -317,13 +319,11 @@ def _hf_warpers(task: str, params: dict[str, Any], x: np.ndarray) -> Callable[[]
     if task == "greedy" or not _scalar_params(params) or importlib.util.find_spec("transformers") is None:
         return None
     import torch
-    from transformers.generation.logits_process import (
-        LogitsProcessorList,
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    from transformers.generation.logits_process import LogitsProcessorList
+    from transformers.generation.logits_process import MinPLogitsWarper
+    from transformers.generation.logits_process import TemperatureLogitsWarper
+    from transformers.generation.logits_process import TopKLogitsWarper
+    from transformers.generation.logits_process import TopPLogitsWarper
 
     torch.set_num_threads(1)
     chain = LogitsProcessorList()

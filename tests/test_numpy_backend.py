@@ -14,7 +14,8 @@ import pytest
 
 import agnostic_sampling as smp
 from agnostic_sampling.backends import numpy as nb
-from agnostic_sampling.stats import assert_samples_match, reference_probs
+from agnostic_sampling.stats import assert_samples_match
+from agnostic_sampling.stats import reference_probs
 
 
 @pytest.fixture
