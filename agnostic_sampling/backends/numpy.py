@@ -414,9 +414,10 @@ def _head(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max: np.nd
     z_threshold = (threshold - row_max) / temperature
     logit[logit <= z_threshold[:, None]] = -np.inf  # rounding can merge a token with the threshold
     valid = np.isfinite(logit).sum(axis=-1)
-    low = high = np.full(rows.size, np.nan)
-    if not bounds or blocks is None:
-        low = high = np.zeros(rows.size) if blocks is None else low
+    if blocks is None:
+        low = high = np.zeros(rows.size)
+    elif not bounds:
+        low = high = np.full(rows.size, np.nan)
     else:
         low, high = _outside_mass(block_max, blocks, row_max, temperature, x.shape[1])
         # The gathered tokens below the threshold, bounded like a block each by their maximum.
