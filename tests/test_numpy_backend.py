@@ -23,6 +23,7 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nb, "BLOCK", 4)
     monkeypatch.setattr(nb, "DENSE_HEAD", 2)
     monkeypatch.setattr(nb, "MIN_CANDIDATES", 2)
+    monkeypatch.setattr(nb, "WIDE", 16)  # whole rows take the paths of wide candidate lists
 
 
 class Spy:
@@ -83,8 +84,10 @@ def test_candidate_growth_up_to_the_whole_row(small_blocks, monkeypatch, seed):
     rng = np.random.default_rng(seed)
     logits = (rng.standard_normal((3, 3000)) * 0.1).astype(np.float32)
     spy = Spy(monkeypatch, "_truncate_rows")
+    by_blocks = Spy(monkeypatch, "_count_mass_before")
     p = assert_matches_reference(logits, dict(top_p=0.95))
     assert spy.calls >= 3  # first attempt, at least one growth, then the whole row
+    assert by_blocks.calls > 0  # the whole row's nucleus is found from block sums
     assert ((p > 0).sum(axis=-1) > 2000).all()
 
 

@@ -277,16 +277,36 @@ def _outside_mass_exact(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, te
     return total
 
 
-def _count_sorted(values: np.ndarray, bound: np.ndarray, below: bool) -> np.ndarray:
-    """Per row of ``values`` sorted along the row, how many are ``< bound`` (``below``; the row
-    increasing) or ``>= bound`` (the row decreasing). Wide rows use a binary search per row."""
+def _count_at_least(values: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Per row of ``values`` (decreasing along the row), how many are ``>= bound``.
+
+    Wide rows use a binary search per row instead of a comparison of every entry.
+    """
     if values.shape[1] <= WIDE:
-        return ((values < bound[:, None]) if below else (values >= bound[:, None])).sum(axis=-1)
-    if below:
-        return np.array([np.searchsorted(row, b, side="left") for row, b in zip(values, bound, strict=True)])
+        return (values >= bound[:, None]).sum(axis=-1)
     width = values.shape[1]
     return np.array([width - np.searchsorted(row[::-1], b, side="left")
                      for row, b in zip(values, bound, strict=True)])
+
+
+def _count_mass_before(weight: np.ndarray, block_after: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Per row, how many positions have less than ``bound`` of ``weight`` before them.
+
+    ``block_after`` holds the cumulative sums of ``weight`` at the end of each block of ``BLOCK``:
+    a binary search finds the block where the mass reaches ``bound``, and only that block's
+    cumulative sum is computed.
+    """
+    counts = np.zeros(bound.size, np.int64)
+    for row in np.flatnonzero(bound > 0):
+        block = int(np.searchsorted(block_after[row], bound[row], side="left"))
+        if block == block_after.shape[1]:
+            counts[row] = weight.shape[1]
+            continue
+        start = block * BLOCK
+        mass = (block_after[row, block - 1] if block else 0.0) + np.cumsum(
+            weight[row, start : start + BLOCK], dtype=np.float64)
+        counts[row] = start + 1 + np.searchsorted(mass[:-1], bound[row], side="left")
+    return counts
 
 
 def _keep_top(z: np.ndarray, received: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -294,7 +314,7 @@ def _keep_top(z: np.ndarray, received: np.ndarray, j: np.ndarray) -> np.ndarray:
     j = np.minimum(j, received)
     last = np.clip(j - 1, 0, z.shape[1] - 1)  # rows needing more than z holds are retried anyway
     value = np.take_along_axis(z, last[:, None], -1)[:, 0]
-    return np.where(j >= received, received, _count_sorted(z, value, below=False))
+    return np.where(j >= received, received, _count_at_least(z, value))
 
 
 def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows,
@@ -335,17 +355,28 @@ def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows
     if active.any():
         known = received <= width
         limit = np.minimum(received, valid)
-        # Float64 sums (float32 terms suffice for the wide rows, which are whole rows).
-        weight = np.exp(z) if width > WIDE else np.exp(z.astype(np.float64))
-        weight[position >= limit[:, None]] = 0.0
-        mass_after = np.cumsum(weight, axis=-1, dtype=np.float64)  # never decreases along a row
-        inside = mass_after[:, -1]
+        if width > WIDE:  # whole rows: float32 terms, float64 sums by blocks
+            weight = np.exp(z)
+            for row, end in enumerate(limit):
+                weight[row, end:] = 0.0
+            block_after = np.cumsum(np.add.reduceat(weight, np.arange(0, width, BLOCK), axis=1,
+                                                    dtype=np.float64), axis=1)
+            inside = block_after[:, -1]
+
+            def before(bound: np.ndarray) -> np.ndarray:
+                return _count_mass_before(weight, block_after, bound)
+        else:
+            weight = np.exp(z.astype(np.float64))
+            weight[position >= limit[:, None]] = 0.0
+            mass_after = np.cumsum(weight, axis=-1)  # never decreases along a row
+            inside = mass_after[:, -1]
+
+            def before(bound: np.ndarray) -> np.ndarray:
+                # the mass before position j is mass_after[j - 1] (0 before the first)
+                return np.where(bound > 0, (mass_after[:, :-1] < bound[:, None]).sum(axis=-1) + 1, 0)
 
         def reached(mass: np.ndarray) -> np.ndarray:
-            # the mass before position j is mass_after[j - 1] (0 before the first)
-            bound = prm.top_p * mass
-            after = _count_sorted(mass_after[:, :-1], bound, below=True)
-            return np.where(bound > 0, np.minimum(after + 1, limit), 0)
+            return np.minimum(before(prm.top_p * mass), limit)
 
         if total is None or known.all():
             reached_low = reached_high = reached(inside)
