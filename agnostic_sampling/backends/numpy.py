@@ -443,7 +443,8 @@ def _head(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max: np.nd
         index = np.take_along_axis(blocks, column // BLOCK, -1) * BLOCK + column % BLOCK
     logit = (value - row_max[:, None]) / temperature[:, None]
     z_threshold = (threshold - row_max) / temperature
-    logit[logit <= z_threshold[:, None]] = -np.inf  # rounding can merge a token with the threshold
+    if blocks is not None:  # rounding can merge a token with the threshold
+        logit[logit <= z_threshold[:, None]] = -np.inf
     valid = np.isfinite(logit).sum(axis=-1)
     if blocks is None:
         low = high = np.zeros(rows.size)
