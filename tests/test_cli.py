@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import agnostic_sampling as smp
-from agnostic_sampling import cli, demo
+from agnostic_sampling import cli
+from agnostic_sampling import demo
 from agnostic_sampling._dispatch import get_backend
 
 HAVE_SCIPY = importlib.util.find_spec("scipy") is not None
@@ -125,7 +126,9 @@ def test_demo_greedy_loops_and_sampling_does_not(demo_output: tuple[str, str]) -
     lines = out.splitlines()
     verdicts = {}
     for label in ("greedy", "temperature 1", "top-p 0.9"):
-        row = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{label}: '"))
+        # the text is printed as a Python repr: quoted with ' or ", whichever it does not contain
+        starts = (f"{label}: '", f'{label}: "')
+        row = next(i for i, line in enumerate(lines) if line.strip().startswith(starts))
         verdicts[label] = lines[row + 1].strip()
     assert verdicts["greedy"] == "-> loops on 'the ' from character 0"
     assert verdicts["temperature 1"] == "-> no loop"
