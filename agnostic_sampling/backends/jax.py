@@ -17,10 +17,12 @@ their magnitude bits flipped), so it ends on adjacent floats after at most 31 st
 are float32 sums (exact below 2**24 tokens) because XLA vectorises floating-point reductions on
 CPU and not integer ones; masses are XLA's tree reductions, accurate to ~1e-7 at 2**18 tokens.
 
-The draw is a race too: the winner of ``max(z + Gumbel noise)`` over the kept set, noise in
-float32 from the caller's key, found by a max and then a first-index-of-max reduction (never
-``jnp.argmax``, a slow variadic reduction on CPU). Nothing in the pipeline gathers, sorts or
-scans the vocabulary axis, so sharding that axis costs only per-row all-reduces.
+The draw is an inverse-CDF draw made of reductions too: one float32 uniform ``u`` per row from
+the caller's key (not noise for the whole vocabulary, which costs more than the rest of a draw on
+CPU), then the token where the running mass of the kept weights ``exp(z)`` crosses ``u`` times
+their total, found through a pyramid of pairwise sums (see `_inverse_cdf`); a token outside the
+kept set is never returned, whatever ``u``. Nothing in the pipeline gathers, sorts or scans the
+vocabulary axis, so sharding that axis costs only per-row all-reduces.
 
 Parameters are traced data: their values never cause a recompile. Only shapes, dtypes, which
 fields are ``None``, and whether a concrete (untraced) field is everywhere at its off value (then
@@ -361,15 +363,91 @@ def _softmax(z: jax.Array) -> jax.Array:
     return jnp.where(total > 0, weight / jnp.where(total > 0, total, 1), 0)
 
 
-def _noise(key: jax.Array, shape: tuple[int, int], batch_shape: tuple[int, ...], dtype: Any) -> jax.Array:
-    """Gumbel noise in at least float32: one stream for the batch, or one per row's own key."""
+def _uniform(key: jax.Array, batch_shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """One uniform in ``[0, 1)`` per row: one stream for the batch, or one per row's own key.
+
+    A row of a batch drawn with one key of its own gets exactly what that key gives a batch of
+    one row, so per-row keys make draws batch-invariant.
+    """
+    rows = int(np.prod(batch_shape))
     if key.shape == ():
-        return jax.random.gumbel(key, shape, dtype)
+        return jax.random.uniform(key, (rows,), dtype)
     if key.shape != tuple(batch_shape):
         raise ValueError(
             f"key must be one key or one key per row (shape {tuple(batch_shape)}), got key shape {key.shape}"
         )
-    return jax.vmap(lambda k: jax.random.gumbel(k, shape[1:], dtype))(key.reshape(-1))
+    return jax.vmap(lambda k: jax.random.uniform(k, (1,), dtype)[0])(key.reshape(-1))
+
+
+_TOP_LEVEL = 1024  # the pyramid is halved while a level stays at least this wide
+
+
+def _levels(weight: jax.Array) -> list[jax.Array]:
+    """A pyramid of sums of adjacent pairs over ``weight``, halved while the width is even and the
+    next level stays at least ``_TOP_LEVEL`` wide. Adjacent pairs, so that a vocabulary split
+    evenly over devices stays split and each device sums its own pairs."""
+    levels = [weight]
+    while levels[-1].shape[1] % 2 == 0 and levels[-1].shape[1] // 2 >= _TOP_LEVEL:
+        pairs = levels[-1].reshape(weight.shape[0], -1, 2)
+        levels.append(pairs[:, :, 0] + pairs[:, :, 1])  # faster on CPU than a sum over the pair axis
+    return levels
+
+
+def _snap(weight: jax.Array, found: jax.Array) -> jax.Array:
+    """``found`` where its weight is positive, else the nearest positive index (the largest one
+    below, else the smallest above); -1 for a row with no positive weight. One reduction: indices
+    above ``found`` are ranked below every index at or under it."""
+    vocab = weight.shape[1]
+    index_dtype = jnp.float32 if vocab < 2**24 else jnp.int32
+    iota = lax.broadcasted_iota(jnp.int32, weight.shape, 1)
+    position = iota.astype(index_dtype)
+    rank = jnp.where(iota <= found[:, None], position, -position)
+    best = jnp.max(jnp.where(weight > 0, rank, jnp.asarray(-vocab, index_dtype)), axis=-1)
+    return jnp.where(best == -vocab, -1, jnp.where(best >= 0, best, -best).astype(jnp.int32))
+
+
+def _inverse_cdf(weight: jax.Array, u: jax.Array) -> jax.Array:
+    """One draw per row with probability ``weight / sum(weight)``, by inverse CDF; -1 for a row of
+    zero weight. Never a token of zero weight, whatever ``u`` in ``[0, 1]``.
+
+    Reductions to per-row scalars only, so a vocabulary sharded over devices moves per-row scalars:
+
+    1. a pyramid of pairwise sums (`_levels`);
+    2. a bisection on the index of its narrow top level: ``prefix(m)``, the masked sum of the
+       blocks before ``m``, one reduction per step, finds the block ``i`` with ``prefix(i) <=
+       u * total < prefix(i + 1)``;
+    3. one step down per level: the masked sum of the chosen block's left half decides between
+       its halves;
+    4. a snap (`_snap`): rounding can leave the walk on a token of zero weight (``u * total``
+       rounding to the total, or a right half whose weight is all rounding); then the nearest
+       positive token is taken instead, an event of probability at the float rounding level.
+
+    About four passes over the weights, against ``log2 V`` for a bisection on the whole row.
+    """
+    levels = _levels(weight)
+    top = levels[-1]
+    rows, width = top.shape
+    target = u * jnp.sum(top, axis=-1)
+    iota = lax.broadcasted_iota(jnp.int32, top.shape, 1)
+
+    def body(_: Any, bracket: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        lo, hi, before = bracket
+        mid = lo + (hi - lo) // 2
+        prefix = jnp.sum(jnp.where(iota < mid[:, None], top, 0), axis=-1)
+        go_up = prefix <= target
+        return jnp.where(go_up, mid, lo), jnp.where(go_up, hi, mid), jnp.where(go_up, prefix, before)
+
+    steps = int(np.ceil(np.log2(width))) if width > 1 else 0
+    start = (jnp.zeros(rows, jnp.int32), jnp.full(rows, width, jnp.int32), jnp.zeros(rows, top.dtype))
+    block, _, before = lax.fori_loop(0, steps, body, start)
+    for level in reversed(levels[:-1]):
+        left_halves = level.reshape(rows, -1, 2)[:, :, 0]
+        iota = lax.broadcasted_iota(jnp.int32, left_halves.shape, 1)
+        left = jnp.sum(jnp.where(iota == block[:, None], left_halves, 0), axis=-1)
+        go_right = before + left <= target
+        block = 2 * block + go_right
+        before = jnp.where(go_right, before + left, before)
+    return _snap(weight, block)
 
 
 @jax.jit
@@ -401,12 +479,8 @@ def _probs(logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.
 def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
             plan: _Plan) -> tuple[jax.Array, jax.Array]:
     z, status = _process(logits, params, plan)
-    kept = z > -jnp.inf
-    noise = _noise(key, z.shape, logits.shape[:-1], jnp.promote_types(z.dtype, jnp.float32))
-    score = jnp.where(kept, z + noise, -jnp.inf)
-    best = jnp.max(score, axis=-1, keepdims=True)
-    ids = _index_of_first(kept & (score == best))
-    ids = jnp.where(ids == z.shape[-1], -1, ids)  # a row with nothing kept has no finite logit
+    u = _uniform(key, logits.shape[:-1], z.dtype)
+    ids = _inverse_cdf(jnp.exp(z), u)  # z <= 0: no overflow; -inf outside the kept set: weight 0
     return ids.reshape(logits.shape[:-1]), status.reshape(logits.shape[:-1])
 
 
@@ -431,5 +505,5 @@ def probs(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Arr
 
 
 def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
-    """One exact draw per row (int32; -1 for a row with no finite logit): a Gumbel race."""
+    """One exact draw per row (int32; -1 for a row with no finite logit), by inverse CDF."""
     return _sample(key, logits, params, _plan(params))
