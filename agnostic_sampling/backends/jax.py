@@ -11,11 +11,15 @@ per-row scalar result:
 - top-p: the smallest ``t`` with ``sum(exp(z) for z > t) < p * sum(exp(z) over the kept set)``;
 - min-p: no search, ``t = log(min_p)`` (the row maximum is 0 after the shift).
 
-The bisection runs on the integer bit pattern of the float, made monotone (negative floats have
-their magnitude bits flipped), so it ends on adjacent floats after at most 31 steps for float32
-(63 for float64), whatever the values; a top-k row stops early once ``count(z >= t) == k``. Counts
-are float32 sums (exact below 2**24 tokens) because XLA vectorises floating-point reductions on
-CPU and not integer ones; masses are XLA's tree reductions, accurate to ~1e-7 at 2**18 tokens.
+The search runs on the integer bit pattern of the float, made monotone (negative floats have
+their magnitude bits flipped), so it ends on adjacent floats whatever the values; a top-k row stops
+early once ``count(z >= t) == k``. Each pass tests 4 thresholds at once (a 5-ary search: at most
+14 passes for float32 instead of 31 bisection steps): for V >= 2048 with a power-of-two block of
+32-128 tokens dividing V, one variadic reduce over the blocks fuses the four masked sums into one
+loop (about the cost of one plain masked reduction on XLA:CPU), then a tree reduction adds the
+block sums (see `_row_sums`); otherwise one threshold per pass (plain bisection, 31 steps).
+Counts are float32 sums (exact below 2**24 tokens) because XLA vectorises floating-point
+reductions on CPU and not integer ones; masses are accurate to ~1e-7 at 2**17 tokens.
 
 The draw is an inverse-CDF draw made of reductions too: one float32 uniform ``u`` per row from
 the caller's key (not noise for the whole vocabulary, which costs more than the rest of a draw on
@@ -231,12 +235,60 @@ def _from_key(key: jax.Array, dtype: Any) -> jax.Array:
     return lax.bitcast_convert_type(jnp.where(key < 0, key ^ magnitude, key), dtype)
 
 
-def _bisect(lo: jax.Array, hi: jax.Array, done: jax.Array, step: Any) -> tuple[jax.Array, jax.Array]:
+_PROBES = 4  # thresholds tested per pass: XLA:CPU fuses them into one loop that costs about one
+
+
+def _block(vocab: int) -> int:
+    """Width of the inner blocks of `_row_sums`: the largest power of two dividing ``vocab``, at
+    most 128 and at most ``vocab / 64``; 0 when that is below 32 (then one reduction per operand).
+
+    A vocabulary split evenly over up to 64 devices (or any count whose shards are multiples of
+    the block) keeps every block on one device; otherwise XLA gathers the per-device partial sums
+    of a block, one scalar per row and device (still correct, just not reductions-only).
+    """
+    block = 1
+    while vocab % (2 * block) == 0 and 2 * block <= min(128, vocab // 64):
+        block *= 2
+    return block if block >= 32 else 0
+
+
+def _probes(vocab: int) -> int:
+    """Thresholds per search pass: several when `_row_sums` can fuse them, else one."""
+    return _PROBES if _block(vocab) else 1
+
+
+def _row_sums(operands: list[jax.Array]) -> jax.Array:
+    """Row sums of several (N, V) arrays, as (N, len(operands)), in about one pass.
+
+    Each row is cut into blocks of `_block` tokens; one variadic reduce sums every operand's
+    blocks (XLA:CPU fuses the element-wise work of all operands into one loop: four masked sums
+    measured at about the cost of one materialised masked sum at 64 x 128256), then XLA's tree
+    reduction adds the block sums. Blocks keep masses accurate (a fused reduce adds along the row
+    in sequence: 4.6e-6 relative error measured over 128256 tokens, against 1e-7 this way) and
+    keep sharding cheap: blocks never straddle an even split of the vocabulary, so the only
+    collective is an all-reduce of one scalar per row and operand (a variadic reduce across
+    devices would be all-gathered instead). Without such blocks, one reduction per operand.
+    """
+    rows, vocab = operands[0].shape
+    block = _block(vocab)
+    if not block:
+        return jnp.stack([jnp.sum(x, axis=-1) for x in operands], axis=-1)
+    blocks = tuple(x.reshape(rows, -1, block) for x in operands)
+    zero = jnp.zeros((), operands[0].dtype)
+    parts = lax.reduce(blocks, (zero,) * len(blocks),
+                       lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)), (2,))
+    return jnp.stack([jnp.sum(part, axis=-1) for part in parts], axis=-1)
+
+
+def _search(lo: jax.Array, hi: jax.Array, done: jax.Array, step: Any,
+            probes: int) -> tuple[jax.Array, jax.Array]:
     """Shrink integer brackets ``[lo, hi]`` until adjacent (or ``done``), all rows in lock step.
 
-    ``step(mid) -> (go_up, finished)``: ``go_up`` moves ``lo`` to ``mid``, otherwise ``hi``
-    moves there; ``finished`` marks a row whose answer is already exact at the new bracket.
-    Spans stay below the integer range (the keys of -inf and +0.0 differ by < 2**31 - 1).
+    Each pass tests ``probes`` points spread over the bracket, so it shrinks by a factor of
+    ``probes + 1``. ``step(points) -> (go_up, finished)``, both (N, probes): ``go_up`` (monotone:
+    true below the answer) moves ``lo`` up to a point, otherwise ``hi`` comes down to it;
+    ``finished`` marks a point at which the answer is already exact. Spans stay below the
+    integer range (the keys of -inf and +0.0 differ by < 2**31 - 1).
     """
 
     def cond(carry: tuple[jax.Array, ...]) -> jax.Array:
@@ -245,15 +297,33 @@ def _bisect(lo: jax.Array, hi: jax.Array, done: jax.Array, step: Any) -> tuple[j
 
     def body(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         lo, hi, done = carry
-        mid = lo + (hi - lo) // 2
-        go_up, finished = step(mid)
+        span = (hi - lo)[:, None]
+        part = jnp.arange(1, probes + 1, dtype=lo.dtype)
+        # lo + span * j / (probes + 1) without overflowing the integer type; strictly inside.
+        points = lo[:, None] + (span // (probes + 1)) * part + (span % (probes + 1)) * part // (probes + 1)
+        points = jnp.clip(points, lo[:, None] + 1, jnp.maximum(hi - 1, lo + 1)[:, None])
+        go_up, finished = step(points)
+        new_hi = jnp.minimum(hi, jnp.min(jnp.where(go_up, hi[:, None], points), axis=-1))
+        below = go_up & (points < new_hi[:, None])  # a non-monotone answer cannot cross the bracket
+        new_lo = jnp.maximum(lo, jnp.max(jnp.where(below, points, lo[:, None]), axis=-1))
+        at_lo = jnp.any(below & finished & (points == new_lo[:, None]), axis=-1)
         active = ~done & (hi - lo > 1)
-        lo = jnp.where(active & go_up, mid, lo)
-        hi = jnp.where(active & ~go_up, mid, hi)
-        return lo, hi, done | (active & finished)
+        return jnp.where(active, new_lo, lo), jnp.where(active, new_hi, hi), done | (active & at_lo)
 
     lo, hi, _ = lax.while_loop(cond, body, (lo, hi, done))
     return lo, hi
+
+
+def _counts(z: jax.Array, thresholds: jax.Array) -> jax.Array:
+    """``count(z >= t)`` per row for each column ``t`` of ``thresholds`` (N, P); float32 sums are
+    exact below 2**24 tokens (int32 above)."""
+    dtype = jnp.float32 if z.shape[-1] < 2**24 else jnp.int32
+    return _row_sums([(z >= thresholds[:, j, None]).astype(dtype) for j in range(thresholds.shape[1])])
+
+
+def _masses(z: jax.Array, weight: jax.Array, thresholds: jax.Array) -> jax.Array:
+    """``sum(weight over z > t)`` per row for each column ``t`` of ``thresholds`` (N, P)."""
+    return _row_sums([jnp.where(z > thresholds[:, j, None], weight, 0) for j in range(thresholds.shape[1])])
 
 
 def _kth_largest(z: jax.Array, k: jax.Array, skip: jax.Array) -> jax.Array:
@@ -265,15 +335,15 @@ def _kth_largest(z: jax.Array, k: jax.Array, skip: jax.Array) -> jax.Array:
     """
     dtype = z.dtype
     first = k <= 1
-    k = k.astype(jnp.float32 if z.shape[-1] < 2**24 else jnp.int32)
+    k = k.astype(jnp.float32 if z.shape[-1] < 2**24 else jnp.int32)[:, None]
 
-    def step(mid: jax.Array) -> tuple[jax.Array, jax.Array]:
-        count = _count(z >= _from_key(mid, dtype)[:, None])
+    def step(probes: jax.Array) -> tuple[jax.Array, jax.Array]:
+        count = _counts(z, _from_key(probes, dtype))
         return count >= k, count == k
 
-    lo = jnp.broadcast_to(_to_key(jnp.asarray(-jnp.inf, dtype)), k.shape)
-    hi = _to_key(jnp.zeros(k.shape, dtype)) + 1  # above the row maximum, 0
-    lo, _ = _bisect(lo, hi, skip | first, step)
+    lo = jnp.broadcast_to(_to_key(jnp.asarray(-jnp.inf, dtype)), k.shape[:1])
+    hi = _to_key(jnp.zeros(k.shape[:1], dtype)) + 1  # above the row maximum, 0
+    lo, _ = _search(lo, hi, skip | first, step, _probes(z.shape[-1]))
     return jnp.where(first & ~skip, 0, _from_key(lo, dtype))
 
 
@@ -286,17 +356,17 @@ def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: j
     """
     dtype = z.dtype
     received = weight * (z >= floor[:, None])
-    target = top_p * jnp.sum(received, axis=-1)
+    target = (top_p * jnp.sum(received, axis=-1))[:, None]
 
-    def step(mid: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mass_above = jnp.sum(jnp.where(z > _from_key(mid, dtype)[:, None], weight, 0), axis=-1)
-        return ~(mass_above < target), jnp.zeros_like(skip)
+    def step(probes: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mass_above = _masses(z, weight, _from_key(probes, dtype))
+        return ~(mass_above < target), jnp.zeros(probes.shape, bool)
 
     # Just below the floor the mass above is everything received, which is never < p * itself.
     lo = _to_key(floor) - 1
     lo = jnp.where(floor == -jnp.inf, _to_key(floor), lo)
     hi = _to_key(jnp.zeros_like(floor))
-    _, hi = _bisect(lo, hi, skip, step)
+    _, hi = _search(lo, hi, skip, step, _probes(z.shape[-1]))
     return _from_key(hi, dtype)
 
 
