@@ -197,14 +197,34 @@ def _clean(logits: jax.Array) -> _Clean:
     """The logits as (N, V) rows, sanitised by the traced policy, with each row's status."""
     dtype = _compute_dtype(logits.dtype)
     x = logits.reshape(-1, logits.shape[-1]).astype(dtype)
-    raw_max = jnp.max(x, axis=-1)  # propagates NaN, so it flags NaN rows in one reduction
-    has_nan = jnp.isnan(raw_max)
-    # Only rows with NaN need a second maximum; under vmap lax.cond evaluates both anyway.
+    row_max, has_nan = _max_and_nan(x)
     x = jnp.where(jnp.isnan(x), -jnp.inf, x)
-    row_max = lax.cond(jnp.any(has_nan), lambda: jnp.max(x, axis=-1), lambda: raw_max)
     posinf = row_max == jnp.inf
     x = jnp.where(posinf[:, None], jnp.where(x == jnp.inf, 0, -jnp.inf).astype(dtype), x)
     return _Clean(x, jnp.where(posinf, 0, row_max).astype(dtype), _status(row_max, has_nan))
+
+
+def _max_and_nan(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each row's maximum ignoring NaN, and whether the row holds NaN.
+
+    Not ``isnan(jnp.max(x))``: XLA:CPU's maximum propagates NaN on short rows but ignores it on
+    long ones (measured with JAX 0.10: from about 2000 tokens on, an all-NaN row has maximum -inf).
+    With `_block` blocks, one fused pass (a variadic reduce per block, then per-row reductions
+    of the block results); otherwise two reductions.
+    """
+    rows, vocab = x.shape
+    block = _block(vocab)
+    if not block:
+        nan = jnp.isnan(x)
+        return jnp.max(jnp.where(nan, -jnp.inf, x), axis=-1), jnp.any(nan, axis=-1)
+
+    def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        return jnp.where(b[0] > a[0], b[0], a[0]), jnp.maximum(a[1], b[1])  # a NaN value never wins
+
+    blocks = x.reshape(rows, -1, block)
+    init = (jnp.asarray(-jnp.inf, x.dtype), jnp.float32(0))
+    block_max, block_nan = lax.reduce((blocks, jnp.isnan(blocks).astype(jnp.float32)), init, combine, (2,))
+    return jnp.max(block_max, axis=-1), jnp.max(block_nan, axis=-1) > 0
 
 
 def _status(row_max: jax.Array, has_nan: jax.Array) -> jax.Array:
@@ -523,14 +543,45 @@ def _inverse_cdf(weight: jax.Array, u: jax.Array) -> jax.Array:
 @jax.jit
 def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     x = logits.reshape(-1, logits.shape[-1]).astype(_compute_dtype(logits.dtype))
-    raw_max = jnp.max(x, axis=-1)  # NaN if the row holds one
-    has_nan = jnp.isnan(raw_max)
-    # Two reductions unless a row holds NaN: the maximum, then the first index equal to it.
-    # NaN never equals the maximum, and a +inf row finds its first +inf.
-    row_max = lax.cond(jnp.any(has_nan), lambda: jnp.max(jnp.where(jnp.isnan(x), -jnp.inf, x), axis=-1),
-                       lambda: raw_max)
+    if _block(x.shape[1]) and x.shape[1] < 2**24:
+        row_max, first, has_nan = _blocked_first_max(x, _block(x.shape[1]))
+        ids = jnp.where(row_max == -jnp.inf, -1, first)
+        return ids.reshape(logits.shape[:-1]), _status(row_max, has_nan).reshape(logits.shape[:-1])
+    row_max, has_nan = _max_and_nan(x)
+    # Then the first index equal to the maximum: NaN never equals it, a +inf row finds its first +inf.
     ids = jnp.where(row_max == -jnp.inf, -1, _index_of_first(x == row_max[:, None]))
     return ids.reshape(logits.shape[:-1]), _status(row_max, has_nan).reshape(logits.shape[:-1])
+
+
+def _blocked_first_max(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each row's maximum ignoring NaN, the first index holding it, and whether the row has NaN.
+
+    One fused pass: a variadic reduce over blocks of ``block`` tokens keeps (maximum, first index
+    of it, any NaN) per block (measured at 64 x 128256 on XLA:CPU: as fast as ``jnp.argmax``,
+    against 1.5x for a maximum followed by a first-index reduction); the per-block results are
+    then combined by ordinary reductions, so a vocabulary sharded over devices all-reduces per-row
+    scalars (a variadic reduce across devices would be all-gathered instead). The index is the
+    first of the row's maximum because blocks are in order and ties go to the smaller index.
+    """
+    rows, vocab = x.shape
+    blocks = x.reshape(rows, -1, block)
+    position = lax.broadcasted_iota(jnp.float32, blocks.shape, 2)
+
+    def better(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        (a_value, a_index, a_nan), (b_value, b_index, b_nan) = a, b
+        take_b = (b_value > a_value) | ((b_value == a_value) & (b_index < a_index))  # NaN: never
+        return (jnp.where(take_b, b_value, a_value), jnp.where(take_b, b_index, a_index),
+                jnp.maximum(a_nan, b_nan))
+
+    init = (jnp.asarray(-jnp.inf, x.dtype), jnp.float32(block), jnp.float32(0))
+    block_max, block_first, block_nan = lax.reduce(
+        (blocks, position, jnp.isnan(blocks).astype(jnp.float32)), init, better, (2,))
+    row_max = jnp.max(block_max, axis=-1)
+    block_index = lax.broadcasted_iota(jnp.float32, block_max.shape, 1)
+    first_block = jnp.min(jnp.where(block_max == row_max[:, None], block_index, vocab), axis=-1)
+    inner = jnp.sum(jnp.where(block_index == first_block[:, None], block_first, 0), axis=-1)
+    first = (first_block * block + inner).astype(jnp.int32)
+    return row_max, first, jnp.max(block_nan, axis=-1) > 0
 
 
 @functools.partial(jax.jit, static_argnames="plan")
