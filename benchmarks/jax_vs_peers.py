@@ -134,7 +134,10 @@ def main() -> None:
     row("probs only (no draw), top-p alone", jax.jit(lambda x, p: smp.probs(x, params=p)), logits, nucleus)
     row("temperature only (draw over the full vocabulary)", ours_jit, key, logits,
         smp.SamplingParams(temperature=f32(0.8)))
-    row("jax.random.gumbel noise for the batch", jax.jit(lambda k: jax.random.gumbel(k, logits.shape)), key)
+    row("temperature only, process_logits (no draw)", jax.jit(lambda x, p: smp.process_logits(x, params=p)),
+        logits, smp.SamplingParams(temperature=f32(0.8)))
+    row("jax.random.gumbel noise for the batch (not used)",
+        jax.jit(lambda k: jax.random.gumbel(k, logits.shape)), key)
 
 
 if __name__ == "__main__":
