@@ -32,10 +32,10 @@ def pad_vocab(logits: Any, multiple: int) -> Any:
     """Pad the last axis with ``-inf`` up to a multiple of ``multiple`` (NumPy or JAX in, same out).
 
     A ``-inf`` logit is outside every kept set, so sampling the padded logits gives the same
-    distribution, and never an id ``>= V``. Choose ``multiple`` independently of the device count
-    (say 128 or 1024, a multiple of every mesh size you use) when draws must not change with the
-    mesh: with one key for the whole batch the Gumbel noise of row ``b`` depends on the padded
-    width; with one key per row it does not (see the README section on sharding).
+    distribution, and never an id ``>= V``. The draw takes one uniform per row, so the padded
+    width does not change which token a key draws (only float summation order can differ). A
+    ``multiple`` that does not depend on the device count (say 128, a multiple of every mesh
+    size you use) keeps even that order the same across meshes.
 
     Args:
         logits: array of shape ``(..., V)``, NumPy or JAX (a tracer too).
