@@ -12,8 +12,11 @@ from typing import Any
 import numpy as np
 
 from agnostic_sampling import _dispatch
-from agnostic_sampling._dispatch import is_jax_array, is_tracer
-from agnostic_sampling._params import SamplingParams, resolve_params, validate_params
+from agnostic_sampling._dispatch import is_jax_array
+from agnostic_sampling._dispatch import is_tracer
+from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import resolve_params
+from agnostic_sampling._params import validate_params
 
 __all__ = ["greedy", "probs", "process_logits", "sample"]
 
@@ -71,7 +74,10 @@ def _raise_bad_rows(status: Any, shape: tuple[int, ...]) -> None:
     code = int(status.reshape(-1)[flat])
     batch = shape[:-1]
     row = np.unravel_index(flat, batch) if batch else ()
-    where = f"row {tuple(int(i) for i in row)}" if len(row) > 1 else (f"row {int(row[0])}" if row else "the logits")
+    if len(row) > 1:
+        where = f"row {tuple(int(i) for i in row)}"
+    else:
+        where = f"row {int(row[0])}" if row else "the logits"
     raise ValueError(f"logits {where} {_ROW_PROBLEMS[code]}")
 
 

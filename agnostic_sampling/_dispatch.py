@@ -16,7 +16,7 @@ from typing import Any
 BACKENDS = ("numpy", "jax")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _is_jax_type(cls: type) -> bool:
     jax = sys.modules.get("jax")
     if jax is None:
@@ -44,7 +44,7 @@ def backend_name(logits: Any, backend: str | None = None) -> str:
     return "jax" if is_jax_array(logits) else "numpy"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_backend(name: str) -> ModuleType:
     """Import (once) and return the backend module called ``name``."""
     if name == "jax" and importlib.util.find_spec("jax") is None:

@@ -29,14 +29,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
 from agnostic_sampling import _dispatch
-from agnostic_sampling._api import process_logits, sample
-from agnostic_sampling._dispatch import is_jax_array, is_tracer
-from agnostic_sampling._params import FIELDS, SamplingParams, resolve_params, validate_params
+from agnostic_sampling._api import process_logits
+from agnostic_sampling._api import sample
+from agnostic_sampling._dispatch import is_jax_array
+from agnostic_sampling._dispatch import is_tracer
+from agnostic_sampling._params import FIELDS
+from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import resolve_params
+from agnostic_sampling._params import validate_params
 
 __all__ = ["GenerateResult", "generate", "generate_with_state"]
 

@@ -26,7 +26,11 @@ LOGITS = np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]], np.float32)
         ("top_p", float("nan"), r"top_p must be in \[0, 1\], got nan"),
         ("min_p", np.array([0.1, -0.1]), r"min_p must be in \[0, 1\], got -0\.1 at row 1"),
         ("min_keep", 0, r"min_keep must be >= 1, got 0"),
-        ("top_k", np.array([1, 2, 3]), r"top_k has shape \(3,\), which does not broadcast to the batch shape \(2,\)"),
+        (
+            "top_k",
+            np.array([1, 2, 3]),
+            r"top_k has shape \(3,\), which does not broadcast to the batch shape \(2,\)",
+        ),
     ],
 )
 def test_bad_parameters(eager_backend, keyword, value, pattern):
@@ -96,7 +100,8 @@ def test_bad_numpy_key():
 
 def test_jax_key_with_numpy_logits():
     jax = pytest.importorskip("jax")
-    with pytest.raises(TypeError, match="key is a JAX key but the numpy backend was chosen because logits is a numpy.ndarray"):
+    message = "key is a JAX key but the numpy backend was chosen because logits is a numpy.ndarray"
+    with pytest.raises(TypeError, match=message):
         smp.sample(jax.random.key(0), LOGITS)
 
 
