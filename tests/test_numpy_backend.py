@@ -176,6 +176,7 @@ def test_mass_bounds_contain_the_exact_mass(temperature, seed):
 
 @pytest.mark.parametrize("temperature", [0.7, 1.0])
 def test_dense_draws_from_head_and_tail_match_probs(small_blocks, monkeypatch, temperature):
+    pytest.importorskip("scipy")  # the chi-square check
     # About half the mass outside the head, so both parts and the tail's exact path are exercised.
     rng = np.random.default_rng(11)
     row = (rng.standard_normal(60) * 0.8).astype(np.float32)
@@ -190,6 +191,7 @@ def test_dense_draws_from_head_and_tail_match_probs(small_blocks, monkeypatch, t
 
 
 def test_candidate_draws_match_probs(small_blocks):
+    pytest.importorskip("scipy")  # the chi-square check
     rng = np.random.default_rng(12)
     row = spiky_logits(rng, 1, 200)[0]
     params = dict(top_p=0.9, temperature=0.8, min_keep=3)
