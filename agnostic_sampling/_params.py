@@ -79,9 +79,7 @@ def resolve_params(params: SamplingParams | None, **keywords: Any) -> SamplingPa
 
 
 def _where(bad: np.ndarray) -> str:
-    """Human-readable position of the first True entry of a per-row mask."""
-    if bad.ndim == 0:
-        return "" if not bad else " (all rows)"
+    """Human-readable position of the first True entry of a per-row mask (at least 1-D)."""
     first = tuple(int(i) for i in np.argwhere(bad)[0])
     return f" at row {first[0] if len(first) == 1 else first}"
 
