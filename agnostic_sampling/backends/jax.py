@@ -187,23 +187,6 @@ def _count(mask: jax.Array) -> jax.Array:
     return jnp.sum(mask.astype(dtype), axis=-1)
 
 
-class _Clean(NamedTuple):
-    x: jax.Array  # (N, V) compute precision, NaN -> -inf, +inf rows -> 0 at +inf, -inf elsewhere
-    row_max: jax.Array  # (N,) maximum of x; -inf for rows with no finite logit
-    status: jax.Array  # (N,) int8
-
-
-def _clean(logits: jax.Array) -> _Clean:
-    """The logits as (N, V) rows, sanitised by the traced policy, with each row's status."""
-    dtype = _compute_dtype(logits.dtype)
-    x = logits.reshape(-1, logits.shape[-1]).astype(dtype)
-    row_max, has_nan = _max_and_nan(x)
-    x = jnp.where(jnp.isnan(x), -jnp.inf, x)
-    posinf = row_max == jnp.inf
-    x = jnp.where(posinf[:, None], jnp.where(x == jnp.inf, 0, -jnp.inf).astype(dtype), x)
-    return _Clean(x, jnp.where(posinf, 0, row_max).astype(dtype), _status(row_max, has_nan))
-
-
 def _max_and_nan(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Each row's maximum ignoring NaN, and whether the row holds NaN.
 
@@ -368,15 +351,17 @@ def _kth_largest(z: jax.Array, k: jax.Array, skip: jax.Array) -> jax.Array:
 
 
 def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: jax.Array,
-                     skip: jax.Array) -> jax.Array:
-    """Smallest ``t`` with ``sum(weight over z > t) < top_p * sum(weight over z >= floor)``.
+                     skip: jax.Array, total: jax.Array | None = None) -> jax.Array:
+    """Smallest ``t`` with ``sum(weight over z > t) < top_p * total``, where ``total`` is
+    ``sum(weight over z >= floor)`` unless given.
 
     Tokens at or above the result are those whose strictly-more-probable mass is below ``p``;
     the row maximum (0) is the largest possible answer, so ``p == 0`` keeps the top token(s).
     """
     dtype = z.dtype
-    received = weight * (z >= floor[:, None])
-    target = (top_p * jnp.sum(received, axis=-1))[:, None]
+    if total is None:
+        total = jnp.sum(weight * (z >= floor[:, None]), axis=-1)
+    target = (top_p * total)[:, None]
 
     def step(probes: jax.Array) -> tuple[jax.Array, jax.Array]:
         mass_above = _masses(z, weight, _from_key(probes, dtype))
@@ -415,35 +400,227 @@ def _threshold(z: jax.Array, weight: jax.Array | None, rows: _Rows, plan: _Plan,
     return threshold
 
 
+# --------------------------------------------------------------------------------------------
+# Candidates: the thresholds from a few blocks of the row, with a proof that they are exact
+#
+# The row is cut into blocks of `_CANDIDATE_BLOCK` tokens; the `_CANDIDATE_BLOCKS` blocks with the
+# largest maxima are gathered (in vocabulary order) as the row's candidates. Every token outside
+# them is at most ``bound``, the smallest of the gathered blocks' maxima (tempered), so for any
+# ``t > bound`` counts and masses of ``{z > t}`` over the candidates equal those over the row.
+# A threshold computed on the candidates is therefore exact whenever it is shown to lie above
+# ``bound``: for a k-th largest, at least k candidates above ``bound``; for top-p, a candidate mass
+# above ``bound`` of at least ``p`` times the received mass. Rows where that fails (a large k, a
+# wide nucleus, ties at ``bound``) are computed on the whole row by the searches above, and a row
+# whose final threshold lies above ``bound`` is drawn from its candidates alone. Each row's result
+# depends only on that row: the same threshold either way, and the same token for the same
+# uniform up to the rounding of a sum.
+
+_CANDIDATE_BLOCK = 32
+_CANDIDATE_BLOCKS = 64
+
+
+def _candidate_block(vocab: int) -> int:
+    """Block width for candidates, 0 when the row is too short (or not a multiple of it) to gain."""
+    if vocab % _CANDIDATE_BLOCK or vocab // _CANDIDATE_BLOCK < 4 * _CANDIDATE_BLOCKS:
+        return 0
+    return _CANDIDATE_BLOCK
+
+
+def _scan(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
+    """Maxima of blocks of ``block`` tokens ignoring NaN (N, V / block), and whether each row holds
+    NaN (N,), in one fused pass (see `_max_and_nan` on why NaN has its own flag)."""
+    rows, vocab = x.shape
+
+    def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        return jnp.where(b[0] > a[0], b[0], a[0]), jnp.maximum(a[1], b[1])  # a NaN value never wins
+
+    blocks = x.reshape(rows, -1, block)
+    init = (jnp.asarray(-jnp.inf, x.dtype), jnp.float32(0))
+    block_max, block_nan = lax.reduce((blocks, jnp.isnan(blocks).astype(jnp.float32)), init, combine, (2,))
+    return block_max, jnp.max(block_nan, axis=-1) > 0
+
+
+def _cleaned(raw: jax.Array, posinf: jax.Array, dtype: Any) -> jax.Array:
+    """The traced bad-value policy, element-wise: NaN -> -inf; a row holding +inf (``posinf``)
+    keeps 0 at its +inf tokens and -inf elsewhere."""
+    x = raw.astype(dtype)
+    x = jnp.where(jnp.isnan(x), -jnp.inf, x)
+    return jnp.where(posinf[:, None], jnp.where(x == jnp.inf, 0, -jnp.inf).astype(dtype), x)
+
+
+def _tempered(x: jax.Array, shift: jax.Array, temperature: jax.Array, plan: _Plan) -> jax.Array:
+    """``(x - shift) / temperature`` per row, bit for bit the same at any shape."""
+    z = x - shift[:, None]
+    if plan.temperature:
+        # XLA rewrites a division by a broadcast row value into a multiplication by its
+        # reciprocal (off by an ulp); a materialised divisor keeps the true division, so the
+        # kept sets match the NumPy backend bit for bit, and candidates match the row.
+        divisor = lax.optimization_barrier(jnp.broadcast_to(temperature[:, None], x.shape))
+        z = z / divisor
+    return z
+
+
+class _Prepared(NamedTuple):
+    raw: jax.Array  # (N, V) the logits as given (dtype too)
+    rows: _Rows
+    row_max: jax.Array  # (N,) maximum of the cleaned row; -inf for rows with no finite logit
+    posinf: jax.Array  # (N,) the row holds +inf
+    shift: jax.Array  # (N,) what is subtracted before tempering
+    skip: jax.Array  # (N,) greedy rows and rows with no finite logit: no search
+    status: jax.Array  # (N,) int8
+    block_max: jax.Array | None  # (N, V / block) cleaned block maxima when candidates are used
+
+
+def _prepare(logits: jax.Array, params: SamplingParams, plan: _Plan) -> _Prepared:
+    dtype = _compute_dtype(logits.dtype)
+    raw = logits.reshape(-1, logits.shape[-1])
+    block = _candidate_block(raw.shape[1]) if (plan.top_k or plan.top_p or plan.min_p) else 0
+    if block:
+        block_max, has_nan = _scan(raw.astype(dtype), block)
+        raw_max = jnp.max(block_max, axis=-1)
+    else:
+        block_max = None
+        raw_max, has_nan = _max_and_nan(raw.astype(dtype))
+    posinf = raw_max == jnp.inf
+    row_max = jnp.where(posinf, 0, raw_max).astype(dtype)
+    if block_max is not None:
+        block_max = jnp.where(posinf[:, None], jnp.where(block_max == jnp.inf, 0, -jnp.inf).astype(dtype),
+                              block_max)
+    rows = _rows_params(params, logits.shape[:-1], dtype)
+    no_finite = row_max == -jnp.inf
+    return _Prepared(raw, rows, row_max, posinf, jnp.where(no_finite, 0, row_max), rows.greedy | no_finite,
+                     _status(raw_max, has_nan), block_max)
+
+
+def _full_z(prep: _Prepared, plan: _Plan) -> jax.Array:
+    """The whole rows, cleaned and tempered."""
+    dtype = prep.row_max.dtype
+    return _tempered(_cleaned(prep.raw, prep.posinf, dtype), prep.shift, prep.rows.temperature, plan)
+
+
+class _Candidates(NamedTuple):
+    z: jax.Array  # (N, C) tempered candidate logits, in vocabulary order
+    index: jax.Array  # (N, C) int32 their token ids
+    bound: jax.Array  # (N,) every token outside the candidates has z <= bound
+
+
+def _candidates(prep: _Prepared, plan: _Plan) -> _Candidates:
+    rows, vocab = prep.raw.shape
+    block = _candidate_block(vocab)
+    values, chosen = lax.top_k(prep.block_max, _CANDIDATE_BLOCKS)
+    chosen = jnp.sort(chosen, axis=-1)
+    raw = jnp.take_along_axis(prep.raw.reshape(rows, -1, block), chosen[:, :, None], axis=1)
+    raw = raw.reshape(rows, -1)
+    z = _tempered(_cleaned(raw, prep.posinf, prep.row_max.dtype), prep.shift, prep.rows.temperature, plan)
+    # The smallest of the k values as a reduction: a slice of the last one would stop XLA:CPU
+    # from recognising top_k (it then sorts all the block maxima, 30 times slower).
+    smallest = jnp.min(values, axis=-1, keepdims=True)
+    bound = _tempered(smallest, prep.shift, prep.rows.temperature, plan)[:, 0]
+    index = (chosen[:, :, None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(rows, -1)
+    return _Candidates(z, index, bound)
+
+
+def _candidate_threshold(cand: _Candidates, rows: _Rows, plan: _Plan, skip: jax.Array,
+                         row_mass: Any) -> tuple[jax.Array, jax.Array]:
+    """Each row's threshold from its candidates, and whether it is proven exact (see above).
+
+    ``row_mass()`` gives ``sum(exp(z))`` over whole rows; called (under a ``lax.cond``) only when
+    some row has top-p on and top-k off, the one case that needs the whole row's mass.
+    """
+    z, bound = cand.z, cand.bound
+    minus_inf = jnp.full(z.shape[:1], -jnp.inf, z.dtype)
+    above = z > bound[:, None]
+    n_above = _count(above)
+    exact = jnp.ones(z.shape[:1], bool)
+
+    def enough(k: jax.Array) -> jax.Array:
+        return (k <= 1) | (n_above >= k.astype(n_above.dtype))
+
+    truncating = (plan.top_p and rows.top_p < 1) | (plan.min_p and rows.min_p > 0)
+    keep_floor = jnp.zeros_like(minus_inf)
+    if plan.min_keep and (plan.top_p or plan.min_p):
+        keep_floor = _kth_largest(z, rows.min_keep, skip | ~truncating)
+        exact &= ~truncating | enough(rows.min_keep)
+
+    threshold = minus_inf
+    top_k_on = jnp.zeros_like(exact)
+    if plan.top_k:
+        top_k_on = rows.top_k > 0
+        k = jnp.maximum(rows.top_k, rows.min_keep)
+        threshold = jnp.where(top_k_on, _kth_largest(z, k, skip | ~top_k_on), threshold)
+        exact &= ~top_k_on | enough(k)
+    if plan.top_p:
+        on = rows.top_p < 1
+        weight = jnp.exp(z)
+        received = jnp.sum(jnp.where(z >= threshold[:, None], weight, 0), axis=-1)
+        needs_row = on & ~top_k_on & ~skip
+        whole = lax.cond(jnp.any(needs_row), row_mass, lambda: jnp.zeros_like(received))
+        total = jnp.where(top_k_on, received, whole)
+        mass_above = jnp.sum(jnp.where(above & (z >= threshold[:, None]), weight, 0), axis=-1)
+        exact &= ~on | ~(mass_above < rows.top_p * total)
+        nucleus = _top_p_threshold(z, weight, threshold, rows.top_p, skip | ~on, total)
+        threshold = jnp.where(on, jnp.maximum(threshold, jnp.minimum(nucleus, keep_floor)), threshold)
+    if plan.min_p:
+        on = rows.min_p > 0
+        floor = jnp.minimum(jnp.log(rows.min_p), keep_floor)
+        threshold = jnp.where(on, jnp.maximum(threshold, floor), threshold)
+    return threshold, exact | skip
+
+
+def _row_threshold(prep: _Prepared, plan: _Plan, z: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    """Each row's exact threshold, and the candidates it came from (None without candidates).
+
+    ``z`` is the whole rows when the caller has them; otherwise they are built only if a row
+    needs them."""
+    rows, skip = prep.rows, prep.skip
+    if prep.block_max is None:
+        z = _full_z(prep, plan) if z is None else z
+        return _threshold(z, jnp.exp(z) if plan.top_p else None, rows, plan, skip), None
+    cand = _candidates(prep, plan)
+    whole = _full_z if z is None else (lambda *_: z)
+
+    def row_mass() -> jax.Array:
+        return jnp.sum(jnp.exp(whole(prep, plan)), axis=-1)
+
+    threshold, exact = _candidate_threshold(cand, rows, plan, skip, row_mass)
+
+    def on_rows() -> jax.Array:
+        full = whole(prep, plan)
+        weight = jnp.exp(full) if plan.top_p else None
+        return jnp.where(exact, threshold, _threshold(full, weight, rows, plan, skip | exact))
+
+    return lax.cond(jnp.all(exact), lambda: threshold, on_rows), cand
+
+
+def _first_of_max(prep: _Prepared) -> jax.Array:
+    """First index of each cleaned row's maximum, computed only when some row is greedy (under
+    vmap both branches run)."""
+    greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
+
+    def first() -> jax.Array:
+        x = prep.raw.astype(prep.row_max.dtype)
+        # The cleaned maximum sits where the raw row equals its NaN-free maximum (+inf on +inf rows).
+        raw_max = jnp.where(prep.posinf, jnp.inf, prep.row_max)
+        return _index_of_first(x == raw_max[:, None])
+
+    return lax.cond(jnp.any(greedy), first, lambda: jnp.zeros(prep.raw.shape[:1], jnp.int32))
+
+
 class _Processed(NamedTuple):
     z: jax.Array  # (N, V) tempered logits, -inf outside the kept set
     status: jax.Array  # (N,) int8
 
 
 def _process(logits: jax.Array, params: SamplingParams, plan: _Plan) -> _Processed:
-    clean = _clean(logits)
-    x, dtype = clean.x, clean.x.dtype
-    rows = _rows_params(params, logits.shape[:-1], dtype)
-    no_finite = clean.row_max == -jnp.inf
-    shift = jnp.where(no_finite, 0, clean.row_max)
-    z = x - shift[:, None]
-    if plan.temperature:
-        # XLA rewrites a division by a broadcast row value into a multiplication by its
-        # reciprocal (off by an ulp); a materialised divisor keeps the true division, so the
-        # kept sets match the NumPy backend bit for bit.
-        divisor = lax.optimization_barrier(jnp.broadcast_to(rows.temperature[:, None], x.shape))
-        z = z / divisor
+    prep = _prepare(logits, params, plan)
+    z = _full_z(prep, plan)
     if plan.top_k or plan.top_p or plan.min_p:
-        weight = jnp.exp(z) if plan.top_p else None
-        threshold = _threshold(z, weight, rows, plan, rows.greedy | no_finite)
+        threshold, _ = _row_threshold(prep, plan, z)
         z = jnp.where(z >= threshold[:, None], z, -jnp.inf)
-    greedy = rows.greedy & ~no_finite
-    # A batch without greedy rows skips the first-index pass (under vmap both branches run).
-    first = lax.cond(jnp.any(greedy), lambda: _index_of_first(x == clean.row_max[:, None]),
-                     lambda: jnp.zeros(x.shape[:1], jnp.int32))
-    one_hot = lax.broadcasted_iota(jnp.int32, x.shape, 1) == first[:, None]
-    z = jnp.where(greedy[:, None], jnp.where(one_hot, 0, -jnp.inf).astype(dtype), z)
-    return _Processed(z, clean.status)
+    greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
+    one_hot = lax.broadcasted_iota(jnp.int32, z.shape, 1) == _first_of_max(prep)[:, None]
+    z = jnp.where(greedy[:, None], jnp.where(one_hot, 0, -jnp.inf).astype(z.dtype), z)
+    return _Processed(z, prep.status)
 
 
 def _softmax(z: jax.Array) -> jax.Array:
@@ -599,10 +776,32 @@ def _probs(logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.
 @functools.partial(jax.jit, static_argnames="plan")
 def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
             plan: _Plan) -> tuple[jax.Array, jax.Array]:
-    z, status = _process(logits, params, plan)
-    u = _uniform(key, logits.shape[:-1], z.dtype)
-    ids = _inverse_cdf(jnp.exp(z), u)  # z <= 0: no overflow; -inf outside the kept set: weight 0
-    return ids.reshape(logits.shape[:-1]), status.reshape(logits.shape[:-1])
+    prep = _prepare(logits, params, plan)
+    u = _uniform(key, logits.shape[:-1], prep.row_max.dtype)
+    cand = None
+    if plan.top_k or plan.top_p or plan.min_p:
+        threshold, cand = _row_threshold(prep, plan)
+
+    def whole_rows() -> jax.Array:
+        z = _full_z(prep, plan)
+        if plan.top_k or plan.top_p or plan.min_p:
+            z = jnp.where(z >= threshold[:, None], z, -jnp.inf)
+        return _inverse_cdf(jnp.exp(z), u)  # z <= 0: no overflow; -inf outside the kept set: weight 0
+
+    if cand is None:
+        ids = whole_rows()
+    else:
+        # A row whose kept set lies inside its candidates is drawn from them alone.
+        inside = prep.skip | (threshold > cand.bound) | (cand.bound == -jnp.inf)
+        weight = jnp.exp(jnp.where(cand.z >= threshold[:, None], cand.z, -jnp.inf))
+        at = _inverse_cdf(weight, u)
+        from_candidates = jnp.where(at < 0, -1, jnp.take_along_axis(cand.index, jnp.maximum(at, 0)[:, None],
+                                                                     axis=-1)[:, 0])
+        ids = lax.cond(jnp.all(inside), lambda: from_candidates,
+                       lambda: jnp.where(inside, from_candidates, whole_rows()))
+    greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
+    ids = jnp.where(greedy, _first_of_max(prep), ids)
+    return ids.reshape(logits.shape[:-1]), prep.status.reshape(logits.shape[:-1])
 
 
 # --------------------------------------------------------------------------------------------
