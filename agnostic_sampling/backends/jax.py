@@ -717,6 +717,49 @@ def _inverse_cdf(weight: jax.Array, u: jax.Array) -> jax.Array:
     return _snap(weight, block)
 
 
+def _draw(z: jax.Array, u: jax.Array) -> jax.Array:
+    """One draw per row with probability ``exp(z) / sum(exp(z))`` (``z <= 0``, -inf outside the kept
+    set), by inverse CDF in token order; -1 for a row with no finite ``z``. Never a token of zero
+    weight, whatever ``u`` in ``[0, 1]``.
+
+    With `_block` blocks: one fused pass sums the weights of each block, a bisection on the block
+    prefix sums (per-row scalars) picks the block holding ``u * total``, and the walk finishes
+    inside that block's tokens, gathered (under vocabulary sharding, one block per row moves).
+    Rounding can leave either walk on a zero weight; then the nearest positive block or token is
+    taken (`_snap`), an event of probability at the float rounding level. Without blocks, the
+    pyramid walk of `_inverse_cdf`.
+    """
+    rows, width = z.shape
+    block = _block(width)
+    if not block:
+        return _inverse_cdf(jnp.exp(z), u)
+    blocks = z.reshape(rows, -1, block)
+    sums = jnp.sum(jnp.exp(blocks), axis=-1)  # (N, B); the weights are never materialised
+    target = u * jnp.sum(sums, axis=-1)
+    iota = lax.broadcasted_iota(jnp.int32, sums.shape, 1)
+
+    def prefix(m: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.where(iota < m[:, None], sums, 0), axis=-1)
+
+    def body(_: Any, bracket: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bracket
+        mid = lo + (hi - lo) // 2
+        go_up = prefix(mid) <= target
+        return jnp.where(go_up, mid, lo), jnp.where(go_up, hi, mid)
+
+    count = sums.shape[1]
+    steps = int(np.ceil(np.log2(count))) if count > 1 else 0
+    found, _ = lax.fori_loop(0, steps, body, (jnp.zeros(rows, jnp.int32), jnp.full(rows, count, jnp.int32)))
+    chosen = _snap(sums, found)  # -1: no weight in the row
+    at = jnp.maximum(chosen, 0)
+    inner = jnp.take_along_axis(blocks, at[:, None, None], axis=1)[:, 0, :]
+    weight = jnp.exp(inner)
+    running = prefix(at)[:, None] + jnp.cumsum(weight, axis=-1)
+    step = jnp.minimum(_count(running <= target[:, None]).astype(jnp.int32), block - 1)
+    token = at * block + _snap(weight, step)
+    return jnp.where(chosen < 0, -1, token)
+
+
 @jax.jit
 def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     x = logits.reshape(-1, logits.shape[-1]).astype(_compute_dtype(logits.dtype))
@@ -786,15 +829,14 @@ def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
         z = _full_z(prep, plan)
         if plan.top_k or plan.top_p or plan.min_p:
             z = jnp.where(z >= threshold[:, None], z, -jnp.inf)
-        return _inverse_cdf(jnp.exp(z), u)  # z <= 0: no overflow; -inf outside the kept set: weight 0
+        return _draw(z, u)
 
     if cand is None:
         ids = whole_rows()
     else:
         # A row whose kept set lies inside its candidates is drawn from them alone.
         inside = prep.skip | (threshold > cand.bound) | (cand.bound == -jnp.inf)
-        weight = jnp.exp(jnp.where(cand.z >= threshold[:, None], cand.z, -jnp.inf))
-        at = _inverse_cdf(weight, u)
+        at = _draw(jnp.where(cand.z >= threshold[:, None], cand.z, -jnp.inf), u)
         from_candidates = jnp.where(at < 0, -1, jnp.take_along_axis(cand.index, jnp.maximum(at, 0)[:, None],
                                                                      axis=-1)[:, 0])
         ids = lax.cond(jnp.all(inside), lambda: from_candidates,
