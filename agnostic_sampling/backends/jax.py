@@ -1,32 +1,43 @@
-"""The sampling pipeline for JAX arrays: static shapes, traced parameters, reductions only.
+"""The sampling pipeline for JAX arrays: static shapes, traced parameters, no sort of the vocabulary.
 
 How it avoids sorting the vocabulary
 ------------------------------------
 Every truncation step keeps an *upper set* of the row (all tokens whose tempered logit ``z`` is at
-least some threshold), so each step is decided by one threshold per row, and each threshold is
-found exactly by a bisection whose every step is one masked reduction over the vocabulary with a
-per-row scalar result:
+least some threshold), so each step is decided by one threshold per row:
 
 - top-k (and min_keep): the largest ``t`` with ``count(z >= t) >= k``;
 - top-p: the smallest ``t`` with ``sum(exp(z) for z > t) < p * sum(exp(z) over the kept set)``;
 - min-p: no search, ``t = log(min_p)`` (the row maximum is 0 after the shift).
 
-The search runs on the integer bit pattern of the float, made monotone (negative floats have
-their magnitude bits flipped), so it ends on adjacent floats whatever the values; a top-k row stops
-early once ``count(z >= t) == k``. Each pass tests 4 thresholds at once (a 5-ary search: at most
-14 passes for float32 instead of 31 bisection steps): for V >= 2048 with a power-of-two block of
-32-128 tokens dividing V, one variadic reduce over the blocks fuses the four masked sums into one
-loop (about the cost of one plain masked reduction on XLA:CPU), then a tree reduction adds the
-block sums (see `_row_sums`); otherwise one threshold per pass (plain bisection, 31 steps).
-Counts are float32 sums (exact below 2**24 tokens) because XLA vectorises floating-point
-reductions on CPU and not integer ones; masses are accurate to ~1e-7 at 2**17 tokens.
+Candidates first. From 8192 tokens (a multiple of 32), one fused pass takes the maximum of every
+block of 32 tokens, ``lax.top_k`` picks the 64 blocks with the largest maxima, and those 2048
+tokens are gathered (see `_candidates`). Every other token is at most ``bound``, the smallest
+maximum picked, so a threshold found among the candidates is exact as soon as it is shown to lie
+above ``bound`` (enough candidates above it for top-k, enough mass above it for top-p), and a row
+whose kept set lies above ``bound`` is drawn from its candidates alone. Rows where that fails (a
+large k, a wide nucleus, ties at ``bound``) take the whole-row route below, under a ``lax.cond``
+that runs only when some row needs it; each row's result depends on that row alone.
 
-The draw is an inverse-CDF draw made of reductions too: one float32 uniform ``u`` per row from
-the caller's key (not noise for the whole vocabulary, which costs more than the rest of a draw on
+The whole-row route finds each threshold exactly by a bisection whose every step is one masked
+reduction over the vocabulary with a per-row scalar result. The search runs on the integer bit
+pattern of the float, made monotone (negative floats have their magnitude bits flipped), so it
+ends on adjacent floats whatever the values; a top-k row stops early once ``count(z >= t) == k``.
+Each pass tests 4 thresholds at once (a 5-ary search: at most 14 passes for float32 instead of 31
+bisection steps): for V >= 2048 with a power-of-two block of 32-128 tokens dividing V, one
+variadic reduce over the blocks fuses the four masked sums into one loop (about the cost of one
+plain masked reduction on XLA:CPU), then a tree reduction adds the block sums (see `_row_sums`);
+otherwise one threshold per pass (plain bisection, 31 steps). Counts are float32 sums (exact
+below 2**24 tokens) because XLA vectorises floating-point reductions on CPU and not integer ones;
+masses are accurate to ~1e-7 at 2**17 tokens.
+
+The draw is an inverse-CDF draw in token order: one float32 uniform ``u`` per row from the
+caller's key (not noise for the whole vocabulary, which costs more than the rest of a draw on
 CPU), then the token where the running mass of the kept weights ``exp(z)`` crosses ``u`` times
-their total, found through a pyramid of pairwise sums (see `_inverse_cdf`); a token outside the
-kept set is never returned, whatever ``u``. Nothing in the pipeline gathers, sorts or scans the
-vocabulary axis, so sharding that axis costs only per-row all-reduces.
+their total: block sums in one fused pass, a bisection on the block prefixes, the last steps
+inside one gathered block (see `_draw`). A token outside the kept set is never returned,
+whatever ``u``. Under vocabulary sharding the whole-row route moves per-row scalars (and one
+block per row for the draw); the candidate route also moves the block maxima (V / 32 floats per
+row) and the candidates (2048 floats per row).
 
 Parameters are traced data: their values never cause a recompile. Only shapes, dtypes, which
 fields are ``None``, and whether a concrete (untraced) field is everywhere at its off value (then
@@ -367,10 +378,12 @@ def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: j
         mass_above = _masses(z, weight, _from_key(probes, dtype))
         return ~(mass_above < target), jnp.zeros(probes.shape, bool)
 
-    # Just below the floor the mass above is everything received, which is never < p * itself.
-    lo = _to_key(floor) - 1
-    lo = jnp.where(floor == -jnp.inf, _to_key(floor), lo)
+    # Just below the smallest received value the mass above is everything received, which is
+    # never < p * itself. (Starting there rather than at -inf saves the passes that would
+    # cross the binades below it: 2-3 of 14 on realistic rows.)
+    lowest = jnp.min(jnp.where((z >= floor[:, None]) & (z > -jnp.inf), z, jnp.inf), axis=-1)
     hi = _to_key(jnp.zeros_like(floor))
+    lo = jnp.where(lowest < jnp.inf, _to_key(jnp.minimum(lowest, 0).astype(dtype)) - 1, hi - 1)
     _, hi = _search(lo, hi, skip, step, _probes(z.shape[-1]))
     return _from_key(hi, dtype)
 
@@ -453,10 +466,11 @@ def _tempered(x: jax.Array, shift: jax.Array, temperature: jax.Array, plan: _Pla
     z = x - shift[:, None]
     if plan.temperature:
         # XLA rewrites a division by a broadcast row value into a multiplication by its
-        # reciprocal (off by an ulp); a materialised divisor keeps the true division, so the
-        # kept sets match the NumPy backend bit for bit, and candidates match the row.
-        divisor = lax.optimization_barrier(jnp.broadcast_to(temperature[:, None], x.shape))
-        z = z / divisor
+        # reciprocal (off by an ulp). A divisor that is not a broadcast (plus a float zero made
+        # from an iota, which XLA does not fold) keeps the true division, fused, so the kept sets
+        # match the NumPy backend bit for bit, and candidates match the row.
+        zero = lax.broadcasted_iota(z.dtype, x.shape, 1) * 0
+        z = z / (temperature[:, None] + zero)
     return z
 
 
