@@ -270,3 +270,21 @@ def test_inverse_cdf_draw_lands_on_kept_tokens_at_the_extremes_of_u(vocab):
         ids = np.asarray(draw(z, u))
         assert ids[0] == -1
         assert kept[np.arange(1, rows), ids[1:]].all()
+
+
+@pytest.mark.parametrize("vocab", [2048, 8192, 128256 // 8])
+def test_greedy_finds_the_first_maximum_across_blocks(vocab):
+    """Greedy by block maxima and one gathered block: ties in several blocks give the first
+    index; +inf rows their first +inf; NaN never wins; a row with no finite logit -1."""
+    rng = np.random.default_rng(vocab)
+    x = rng.standard_normal((6, vocab)).astype(np.float32)
+    x[0, [vocab - 1, 40, 700]] = 9.0  # ties in three blocks, the first not the first listed
+    x[1, [33, 34]] = np.inf
+    x[2, ::7] = np.nan
+    x[2, 1500] = 12.0
+    x[3] = -np.inf
+    x[4, :] = 1.0  # all tied: index 0
+    x[5, vocab - 1] = 30.0  # the last token
+    ids, status = jax.jit(jax_backend.greedy)(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(ids), [40, 33, 1500, -1, 0, vocab - 1])
+    assert np.asarray(status).tolist() == [0, 2, 1, 3, 0, 0]

@@ -612,6 +612,9 @@ def _first_of_max(prep: _Prepared) -> jax.Array:
     greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
 
     def first() -> jax.Array:
+        if prep.block_max is not None:
+            x = _cleaned(prep.raw, prep.posinf, prep.row_max.dtype)
+            return _first_in_blocks(x, prep.block_max, prep.row_max)
         x = prep.raw.astype(prep.row_max.dtype)
         # The cleaned maximum sits where the raw row equals its NaN-free maximum (+inf on +inf rows).
         raw_max = jnp.where(prep.posinf, jnp.inf, prep.row_max)
@@ -774,9 +777,30 @@ def _draw(z: jax.Array, u: jax.Array) -> jax.Array:
     return jnp.where(chosen < 0, -1, token)
 
 
+def _first_in_blocks(x: jax.Array, block_max: jax.Array, row_max: jax.Array) -> jax.Array:
+    """First index of ``row_max`` in each row of ``x`` (N, V), given the maxima of its blocks
+    (N, V / block): the first block whose maximum is the row's, then that block's tokens,
+    gathered. ``x`` and ``block_max`` are NaN-free or NaN never equals ``row_max``."""
+    rows, vocab = x.shape
+    count = block_max.shape[1]
+    block = vocab // count
+    iota = lax.broadcasted_iota(jnp.float32, block_max.shape, 1)
+    first_block = jnp.min(jnp.where(block_max == row_max[:, None], iota, count - 1), axis=-1)
+    first_block = first_block.astype(jnp.int32)
+    inner = jnp.take_along_axis(x.reshape(rows, count, block), first_block[:, None, None], axis=1)[:, 0]
+    return first_block * block + jnp.minimum(_index_of_first(inner == row_max[:, None]), block - 1)
+
+
 @jax.jit
 def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     x = logits.reshape(-1, logits.shape[-1]).astype(_compute_dtype(logits.dtype))
+    if x.shape[1] % _CANDIDATE_BLOCK == 0 and x.shape[1] >= 64 * _CANDIDATE_BLOCK:
+        # One fused pass for the block maxima (and NaN), then one gathered block per row: measured
+        # at 64 x 128256 on XLA:CPU as fast as jnp.max, against 4x for the variadic reduce below.
+        block_max, has_nan = _scan(x, _CANDIDATE_BLOCK)
+        row_max = jnp.max(block_max, axis=-1)
+        ids = jnp.where(row_max == -jnp.inf, -1, _first_in_blocks(x, block_max, row_max))
+        return ids.reshape(logits.shape[:-1]), _status(row_max, has_nan).reshape(logits.shape[:-1])
     if _block(x.shape[1]) and x.shape[1] < 2**24:
         row_max, first, has_nan = _blocked_first_max(x, _block(x.shape[1]))
         ids = jnp.where(row_max == -jnp.inf, -1, first)
