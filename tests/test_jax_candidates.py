@@ -177,3 +177,31 @@ def test_draws_follow_the_reference_on_both_routes_in_one_batch() -> None:
                                           params=params))
     ids = np.concatenate([np.asarray(draw(jax.random.key(seed))) for seed in range(calls)])
     assert_samples_match(ids, expected, alpha=2e-6, tv=0.06, seed=0)
+
+
+def test_a_few_rows_needing_whole_rows_are_computed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most 1/8 of the batch falls back: those rows are gathered and computed alone (see
+    `_for_rows`); kept sets and draws equal the whole-row route's, row for row."""
+    rng = np.random.default_rng(2)
+    batch = 32
+    logits = rng.standard_normal((batch, V)) * 2
+    logits[:, rng.choice(V, 20, replace=False)] += 12  # the spikes hold nearly all the mass
+    flat = [3, 17, 30]
+    logits[flat] = rng.standard_normal((len(flat), V)) * 0.3  # wide nuclei: these rows fall back
+    logits = logits.astype(np.float32)
+    rows = dict(temperature=np.full(batch, 0.9, np.float32), top_p=np.full(batch, 0.8, np.float32))
+    params = smp.SamplingParams(**rows)
+    exact, inside = _routes(logits, params)
+    assert np.flatnonzero(~exact).tolist() == flat and np.flatnonzero(~inside).tolist() == flat
+    assert len(flat) <= batch // J._FEW_ROWS  # so the gathered branch is the one taken
+
+    x = jnp.asarray(logits)
+    z_cand, _ = _run("process_logits", x, params, candidates=True, monkeypatch=monkeypatch)
+    z_rows, _ = _run("process_logits", x, params, candidates=False, monkeypatch=monkeypatch)
+    np.testing.assert_array_equal(np.asarray(z_cand), np.asarray(z_rows))
+    np.testing.assert_array_equal(np.isfinite(np.asarray(z_cand)), reference_probs(logits, **rows) > 0)
+    for seed in range(8):
+        key = jax.random.key(seed)
+        ids_cand, _ = _run("sample", key, x, params, candidates=True, monkeypatch=monkeypatch)
+        ids_rows, _ = _run("sample", key, x, params, candidates=False, monkeypatch=monkeypatch)
+        np.testing.assert_array_equal(np.asarray(ids_cand), np.asarray(ids_rows))

@@ -581,29 +581,65 @@ def _candidate_threshold(cand: _Candidates, rows: _Rows, plan: _Plan, skip: jax.
     return threshold, exact | skip
 
 
+_FEW_ROWS = 8  # rows needing whole-row work are gathered when at most 1/_FEW_ROWS of the batch
+
+
+def _take_rows(prep: _Prepared, index: jax.Array | None) -> _Prepared:
+    """The rows ``index`` of every per-row array of ``prep`` (all of them for None)."""
+    return prep if index is None else jax.tree_util.tree_map(lambda a: a[index], prep)
+
+
+def _for_rows(need: jax.Array, compute: Any, default: jax.Array) -> jax.Array:
+    """``compute(index, active)`` for the rows that ``need`` it, ``default`` elsewhere (N,).
+
+    ``compute`` gets row indices (R,) and which of them are needed (R,), and returns one value
+    per index; indices None mean every row, in order. When at most ``N / _FEW_ROWS`` rows need
+    it (the usual case: a row or two of a batch with a wide nucleus), only those rows are
+    gathered and computed, so the whole-row work scales with them rather than with the batch;
+    otherwise every row is computed, the rows not needed skipped inside the searches. (Under a
+    batch-sharded layout the gather moves those rows between devices.)
+    """
+    rows = need.shape[0]
+    few = rows // _FEW_ROWS
+
+    def every_row() -> jax.Array:
+        return jnp.where(need, compute(None, need), default)
+
+    if few < 1:
+        return every_row()
+
+    def some_rows() -> jax.Array:
+        index = jnp.nonzero(need, size=few, fill_value=0)[0].astype(jnp.int32)
+        active = need[index]
+        # Padding indices repeat row 0 with the same result, so the scatter is unambiguous.
+        return default.at[index].set(jnp.where(active, compute(index, active), default[index]))
+
+    return lax.cond(jnp.sum(need) <= few, some_rows, every_row)
+
+
 def _row_threshold(prep: _Prepared, plan: _Plan, z: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """Each row's exact threshold, and the candidates it came from (None without candidates).
 
-    ``z`` is the whole rows when the caller has them; otherwise they are built only if a row
-    needs them."""
+    ``z`` is the whole rows when the caller has them; otherwise they are built only for the rows
+    that need them."""
     rows, skip = prep.rows, prep.skip
     if prep.block_max is None:
         z = _full_z(prep, plan) if z is None else z
         return _threshold(z, jnp.exp(z) if plan.top_p else None, rows, plan, skip), None
     cand = _candidates(prep, plan)
-    whole = _full_z if z is None else (lambda *_: z)
 
     def row_mass() -> jax.Array:
-        return jnp.sum(jnp.exp(whole(prep, plan)), axis=-1)
+        return jnp.sum(jnp.exp(_full_z(prep, plan) if z is None else z), axis=-1)
 
     threshold, exact = _candidate_threshold(cand, rows, plan, skip, row_mass)
 
-    def on_rows() -> jax.Array:
-        full = whole(prep, plan)
+    def whole_rows(index: jax.Array | None, active: jax.Array) -> jax.Array:
+        sub = _take_rows(prep, index)
+        full = _full_z(sub, plan) if z is None else (z if index is None else z[index])
         weight = jnp.exp(full) if plan.top_p else None
-        return jnp.where(exact, threshold, _threshold(full, weight, rows, plan, skip | exact))
+        return _threshold(full, weight, sub.rows, plan, sub.skip | ~active)
 
-    return lax.cond(jnp.all(exact), lambda: threshold, on_rows), cand
+    return lax.cond(jnp.all(exact), lambda: threshold, lambda: _for_rows(~exact, whole_rows, threshold)), cand
 
 
 def _first_of_max(prep: _Prepared) -> jax.Array:
@@ -863,11 +899,12 @@ def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
     if plan.top_k or plan.top_p or plan.min_p:
         threshold, cand = _row_threshold(prep, plan)
 
-    def whole_rows() -> jax.Array:
-        z = _full_z(prep, plan)
+    def whole_rows(index: jax.Array | None = None, _: Any = None) -> jax.Array:
+        z = _full_z(_take_rows(prep, index), plan)
+        pick = (lambda a: a) if index is None else (lambda a: a[index])
         if plan.top_k or plan.top_p or plan.min_p:
-            z = jnp.where(z >= threshold[:, None], z, -jnp.inf)
-        return _draw(z, u)
+            z = jnp.where(z >= pick(threshold)[:, None], z, -jnp.inf)
+        return _draw(z, pick(u))
 
     if cand is None:
         ids = whole_rows()
@@ -878,7 +915,7 @@ def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
         from_candidates = jnp.where(at < 0, -1, jnp.take_along_axis(cand.index, jnp.maximum(at, 0)[:, None],
                                                                      axis=-1)[:, 0])
         ids = lax.cond(jnp.all(inside), lambda: from_candidates,
-                       lambda: jnp.where(inside, from_candidates, whole_rows()))
+                       lambda: _for_rows(~inside, whole_rows, from_candidates))
     greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
     ids = jnp.where(greedy, _first_of_max(prep), ids)
     return ids.reshape(logits.shape[:-1]), prep.status.reshape(logits.shape[:-1])
