@@ -8,7 +8,8 @@ vocabulary axis of an 8-device mesh (``XLA_FLAGS=--xla_force_host_platform_devic
 set here before JAX starts unless ``XLA_FLAGS`` already names a device count):
 
 - ``sharded``: `agnostic_sampling.sample` on the sharded logits; XLA keeps every step on the local
-  shard and all-reduces per-row scalars.
+  shard and moves per-row scalars, plus, on the candidate route (from 8192 tokens), the block
+  maxima (V / 32 floats per row, all-gathered) and the 2048 candidates per row (all-reduced).
 - ``gather + sample``: all-gather the vocabulary onto every device, then the same `sample`.
 - ``gather + sort`` (with ``--sort``): all-gather, then the usual sort / cumsum / categorical
   top-p sampler.
