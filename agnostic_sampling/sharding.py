@@ -33,9 +33,11 @@ def pad_vocab(logits: Any, multiple: int) -> Any:
 
     A ``-inf`` logit is outside every kept set, so sampling the padded logits gives the same
     distribution, and never an id ``>= V``. The draw takes one uniform per row, so the padded
-    width does not change which token a key draws (only float summation order can differ). A
-    ``multiple`` that does not depend on the device count (say 128, a multiple of every mesh
-    size you use) keeps even that order the same across meshes.
+    width does not change which token a key draws (only float summation order can differ).
+    Use a multiple of 128 per device (``128 * devices``): the JAX backend works on blocks of up
+    to 128 tokens, and a block split between two devices makes XLA all-gather shards. A
+    ``multiple`` that does not depend on the device count (1024 covers up to 8 devices) keeps
+    even the summation order the same across meshes.
 
     Args:
         logits: array of shape ``(..., V)``, NumPy or JAX (a tracer too).

@@ -354,3 +354,16 @@ def test_generate_with_a_vocabulary_sharded_model(seed: int) -> None:
     np.testing.assert_array_equal(np.asarray(out.ids), np.asarray(unsharded.ids))
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(unsharded.logprobs), rtol=1e-5, atol=1e-6)
     _assert_only_row_scalars_move(program.as_text(), prompt.shape[0])
+
+
+@needs_devices
+def test_the_readme_sharding_section_on_eight_devices() -> None:
+    """The README's sharding examples on 8 devices (tests/test_readme.py runs them on one, where
+    there is no collective to check): same draws as one device, no collective above a
+    sixteenth of the logits, the layouts of the results."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Sharded logits"):]
+    section = section[:section.index("\n## ", 1)]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+    assert "collectives(" in code
+    exec(compile(code, "README.md, Sharded logits", "exec"), {"__name__": "readme"})
