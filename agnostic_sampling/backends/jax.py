@@ -415,18 +415,7 @@ def _threshold(z: jax.Array, weight: jax.Array | None, rows: _Rows, plan: _Plan,
 
 # --------------------------------------------------------------------------------------------
 # Candidates: the thresholds from a few blocks of the row, with a proof that they are exact
-#
-# The row is cut into blocks of `_CANDIDATE_BLOCK` tokens; the `_CANDIDATE_BLOCKS` blocks with the
-# largest maxima are gathered (in vocabulary order) as the row's candidates. Every token outside
-# them is at most ``bound``, the smallest of the gathered blocks' maxima (tempered), so for any
-# ``t > bound`` counts and masses of ``{z > t}`` over the candidates equal those over the row.
-# A threshold computed on the candidates is therefore exact whenever it is shown to lie above
-# ``bound``: for a k-th largest, at least k candidates above ``bound``; for top-p, a candidate mass
-# above ``bound`` of at least ``p`` times the received mass. Rows where that fails (a large k, a
-# wide nucleus, ties at ``bound``) are computed on the whole row by the searches above, and a row
-# whose final threshold lies above ``bound`` is drawn from its candidates alone. Each row's result
-# depends only on that row: the same threshold either way, and the same token for the same
-# uniform up to the rounding of a sum.
+# (the module docstring has the argument; `_candidate_threshold` the checks)
 
 _CANDIDATE_BLOCK = 32
 _CANDIDATE_BLOCKS = 64
@@ -550,7 +539,11 @@ def _candidate_threshold(cand: _Candidates, rows: _Rows, plan: _Plan, skip: jax.
     def enough(k: jax.Array) -> jax.Array:
         return (k <= 1) | (n_above >= k.astype(n_above.dtype))
 
-    truncating = (plan.top_p and rows.top_p < 1) | (plan.min_p and rows.min_p > 0)
+    truncating = jnp.zeros_like(exact)  # a step that min_keep guards is on for the row
+    if plan.top_p:
+        truncating |= rows.top_p < 1
+    if plan.min_p:
+        truncating |= rows.min_p > 0
     keep_floor = jnp.zeros_like(minus_inf)
     if plan.min_keep and (plan.top_p or plan.min_p):
         keep_floor = _kth_largest(z, rows.min_keep, skip | ~truncating)
