@@ -179,9 +179,13 @@ def test_draws_follow_the_reference_on_both_routes_in_one_batch() -> None:
     assert_samples_match(ids, expected, alpha=2e-6, tv=0.06, seed=0)
 
 
-def test_a_few_rows_needing_whole_rows_are_computed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At most 1/8 of the batch falls back: those rows are gathered and computed alone (see
-    `_for_rows`); kept sets and draws equal the whole-row route's, row for row."""
+@pytest.mark.parametrize("chunk_rows", [4, 2, 1])
+def test_a_few_rows_needing_whole_rows_are_computed_alone(chunk_rows: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few rows fall back: they are gathered and computed alone, in chunks of ``chunk_rows``
+    (one chunk, two with padding, three; see `_for_rows`); kept sets and draws equal the
+    whole-row route's, row for row."""
+    monkeypatch.setattr(J, "_CHUNK", chunk_rows * V)
     rng = np.random.default_rng(2)
     batch = 32
     logits = rng.standard_normal((batch, V)) * 2
@@ -193,7 +197,7 @@ def test_a_few_rows_needing_whole_rows_are_computed_alone(monkeypatch: pytest.Mo
     params = smp.SamplingParams(**rows)
     exact, inside = _routes(logits, params)
     assert np.flatnonzero(~exact).tolist() == flat and np.flatnonzero(~inside).tolist() == flat
-    assert len(flat) <= batch // J._FEW_ROWS  # so the gathered branch is the one taken
+    assert J._CHUNK // V < batch  # so the rows are gathered, not computed with the batch
 
     x = jnp.asarray(logits)
     z_cand, _ = _run("process_logits", x, params, candidates=True, monkeypatch=monkeypatch)
