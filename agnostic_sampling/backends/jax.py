@@ -206,19 +206,13 @@ def _max_and_nan(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     With `_block` blocks, one fused pass (a variadic reduce per block, then per-row reductions
     of the block results); otherwise two reductions.
     """
-    rows, vocab = x.shape
+    vocab = x.shape[1]
     block = _block(vocab)
     if not block:
         nan = jnp.isnan(x)
         return jnp.max(jnp.where(nan, -jnp.inf, x), axis=-1), jnp.any(nan, axis=-1)
-
-    def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-        return jnp.where(b[0] > a[0], b[0], a[0]), jnp.maximum(a[1], b[1])  # a NaN value never wins
-
-    blocks = x.reshape(rows, -1, block)
-    init = (jnp.asarray(-jnp.inf, x.dtype), jnp.float32(0))
-    block_max, block_nan = lax.reduce((blocks, jnp.isnan(blocks).astype(jnp.float32)), init, combine, (2,))
-    return jnp.max(block_max, axis=-1), jnp.max(block_nan, axis=-1) > 0
+    block_max, has_nan = _scan(x, block)
+    return jnp.max(block_max, axis=-1), has_nan
 
 
 def _status(row_max: jax.Array, has_nan: jax.Array) -> jax.Array:
