@@ -17,11 +17,13 @@ from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
+from agnostic_sampling.backends import ROW_NAN
+from agnostic_sampling.backends import ROW_NO_FINITE
+from agnostic_sampling.backends import ROW_OK
+from agnostic_sampling.backends import ROW_POSINF
 
 __all__ = ["greedy", "probs", "process_logits", "sample"]
 
-# Per-row status codes returned by every backend function.
-ROW_OK, ROW_NAN, ROW_POSINF, ROW_NO_FINITE = 0, 1, 2, 3
 _ROW_PROBLEMS = {
     ROW_NAN: "contains NaN; logits must be finite or -inf",
     ROW_POSINF: "contains +inf; logits must be finite or -inf",

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from agnostic_sampling._params import OFF
+
 __all__ = ["TASKS", "main", "realistic_logits"]
 
 # --------------------------------------------------------------------------------------------
@@ -112,11 +114,11 @@ def _task_params(task: str, batch: int) -> dict[str, Any]:
 
 def _per_row(params: dict[str, Any], batch: int) -> tuple[np.ndarray, ...]:
     """(temperature, top_k, top_p, min_p) as per-row arrays; identity values where off."""
-    def row(name: str, off: float, dtype: Any) -> np.ndarray:
-        return np.broadcast_to(np.asarray(params.get(name, off), dtype), (batch,)).copy()
+    def row(name: str, dtype: Any) -> np.ndarray:
+        return np.broadcast_to(np.asarray(params.get(name, OFF[name]), dtype), (batch,)).copy()
 
-    return (row("temperature", 1.0, np.float32), row("top_k", 0, np.int64),
-            row("top_p", 1.0, np.float32), row("min_p", 0.0, np.float32))
+    return (row("temperature", np.float32), row("top_k", np.int64),
+            row("top_p", np.float32), row("min_p", np.float32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,13 +192,9 @@ def _library_jax(task: str, params: dict[str, Any], x: np.ndarray) -> Callable[[
     import jax.numpy as jnp
 
     import agnostic_sampling as smp
+    from agnostic_sampling._params import register_pytree
 
-    try:
-        from agnostic_sampling._dispatch import get_backend
-
-        get_backend("jax")  # registers SamplingParams as a pytree
-    except ImportError:
-        return None
+    register_pytree()
     xj = jnp.asarray(x)
     if task == "greedy":
         return _timed_jax(smp.greedy, xj)

@@ -13,10 +13,28 @@ from typing import Any
 
 import numpy as np
 
-from agnostic_sampling._dispatch import get_backend
 from agnostic_sampling._dispatch import is_tracer
 
-__all__ = ["SamplingParams", "resolve_params", "validate_params"]
+__all__ = ["FIELDS", "OFF", "SamplingParams", "register_pytree", "resolve_params", "validate_params"]
+
+# The value that turns each step off for one row (``None`` turns it off for every row). The one
+# table of these values: backends, the oracle, the CLI and the benchmarks all read it.
+OFF: dict[str, float | int] = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "min_keep": 1}
+_registered = False
+
+
+def register_pytree() -> None:
+    """Register `SamplingParams` as a JAX pytree (once; needs only ``jax.tree_util``).
+
+    Values are traced data; which fields are ``None`` is static (``None`` is an empty pytree).
+    """
+    global _registered
+    if not _registered:
+        import jax.tree_util
+
+        names = [field.name for field in dataclasses.fields(SamplingParams)]
+        jax.tree_util.register_dataclass(SamplingParams, data_fields=names, meta_fields=[])
+        _registered = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +46,7 @@ class SamplingParams:
     disables a step for every row; the identity values (``temperature=1``, ``top_k=0``,
     ``top_p=1``, ``min_p=0``) disable it for one row. ``temperature=0`` makes a row greedy.
 
-    On the JAX backend this class is a pytree (registered when the backend first loads): the
+    On the JAX backend this class is a pytree (registered once JAX is imported): the
     values are traced data, so new values never recompile; which fields are ``None`` is static.
 
     Example:
@@ -45,15 +63,13 @@ class SamplingParams:
     min_keep: Any = 1
 
     def __post_init__(self) -> None:
-        # Once JAX is in use, load the JAX backend, which registers this class as a pytree, so
-        # that params can go into jax.jit before any JAX array has passed through the package.
-        if _REGISTER_ON_USE and "jax" in sys.modules:
-            get_backend("jax")
+        # Once JAX is in use, register this class as a pytree, so that params can go into
+        # jax.jit before any JAX array has passed through the package.
+        if not _registered and "jax" in sys.modules:
+            register_pytree()
 
 
-_REGISTER_ON_USE = False  # not while the package itself is still importing
 _DEFAULTS = SamplingParams()
-_REGISTER_ON_USE = True
 FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 import agnostic_sampling as smp
+from agnostic_sampling._params import OFF
 
 __all__ = [
     "BigramModel",
@@ -88,9 +89,8 @@ def per_row_params(settings: list[dict[str, Any]], repeat: int = 1) -> dict[str,
         >>> per_row_params([{"temperature": 0.5}, {"top_k": 3}])["top_k"].tolist()
         [0, 3]
     """
-    identity = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
-    return {name: np.repeat(np.array([setting.get(name, off) for setting in settings]), repeat)
-            for name, off in identity.items()}
+    return {name: np.repeat(np.array([setting.get(name, OFF[name]) for setting in settings]), repeat)
+            for name in ("temperature", "top_k", "top_p", "min_p")}
 
 
 @functools.cache

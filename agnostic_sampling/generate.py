@@ -41,6 +41,7 @@ from agnostic_sampling._dispatch import is_jax_array
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import register_pytree
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
 
@@ -256,7 +257,7 @@ def _plan(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, 
     """Validate everything that can be checked before the loop, and pick the backend once."""
     name = _dispatch.backend_name(prompt, backend)
     if name == "jax":
-        _dispatch.get_backend("jax")  # registers SamplingParams as a pytree before any jit
+        register_pytree()  # before any jit
         import jax.numpy as jnp
 
         prompt = jnp.asarray(prompt)

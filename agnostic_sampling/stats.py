@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
@@ -142,14 +143,13 @@ def reference_probs(
     batch_shape = x.shape[:-1]
     validate_params(resolved, batch_shape)
 
-    def per_row(name: str, off: float) -> np.ndarray:
+    def per_row(name: str) -> np.ndarray:
         value = getattr(resolved, name)
-        column = np.asarray(off if value is None else value, np.float64)
+        column = np.asarray(OFF[name] if value is None else value, np.float64)
         return np.broadcast_to(column, batch_shape).reshape(-1)
 
     rows = x.reshape(-1, x.shape[-1])
-    columns = [per_row("temperature", 1.0), per_row("top_k", 0), per_row("top_p", 1.0),
-               per_row("min_p", 0.0), per_row("min_keep", 1)]
+    columns = [per_row(name) for name in ("temperature", "top_k", "top_p", "min_p", "min_keep")]
     out = np.empty_like(rows)
     for i, row in enumerate(rows):
         t, k, p, m, n = (c[i] for c in columns)

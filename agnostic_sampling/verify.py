@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from agnostic_sampling import stats
+from agnostic_sampling._params import OFF
 
 __all__ = ["FAMILY_ALPHA", "STRATEGIES", "Row", "format_table", "run_verification"]
 
@@ -36,7 +37,6 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 }
 """The single-strategy rows; a last row, ``mixed batch``, runs all of them as one batch."""
 MIXED = "mixed batch"
-_OFF = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +77,8 @@ def verification_logits(vocab: int = VOCAB) -> np.ndarray:
 
 
 def _mixed_params() -> dict[str, np.ndarray]:
-    return {name: np.array([params.get(name, off) for params in STRATEGIES.values()])
-            for name, off in _OFF.items()}
+    return {name: np.array([params.get(name, OFF[name]) for params in STRATEGIES.values()])
+            for name in ("temperature", "top_k", "top_p", "min_p")}
 
 
 def _draw(backend: str, seed: int, logits: np.ndarray, n: int, params: dict[str, Any]) -> np.ndarray:

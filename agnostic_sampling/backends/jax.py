@@ -60,16 +60,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from agnostic_sampling._api import ROW_NAN
-from agnostic_sampling._api import ROW_NO_FINITE
-from agnostic_sampling._api import ROW_OK
-from agnostic_sampling._api import ROW_POSINF
 from agnostic_sampling._dispatch import is_tracer
-from agnostic_sampling._params import FIELDS
+from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import register_pytree
+from agnostic_sampling.backends import ROW_NAN
+from agnostic_sampling.backends import ROW_NO_FINITE
+from agnostic_sampling.backends import ROW_OK
+from agnostic_sampling.backends import ROW_POSINF
 
-# Values traced, None-ness static: None is an empty pytree, so it is part of the structure.
-jax.tree_util.register_dataclass(SamplingParams, data_fields=list(FIELDS), meta_fields=[])
+register_pytree()
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
@@ -134,11 +134,11 @@ def _maybe_on(value: Any, off: Any) -> bool:
 
 def _plan(params: SamplingParams) -> _Plan:
     return _Plan(
-        temperature=_maybe_on(params.temperature, 1),
-        top_k=_maybe_on(params.top_k, 0),
-        top_p=_maybe_on(params.top_p, 1),
-        min_p=_maybe_on(params.min_p, 0),
-        min_keep=_maybe_on(params.min_keep, 1),
+        temperature=_maybe_on(params.temperature, OFF["temperature"]),
+        top_k=_maybe_on(params.top_k, OFF["top_k"]),
+        top_p=_maybe_on(params.top_p, OFF["top_p"]),
+        min_p=_maybe_on(params.min_p, OFF["min_p"]),
+        min_keep=_maybe_on(params.min_keep, OFF["min_keep"]),
     )
 
 
@@ -161,23 +161,24 @@ class _Rows(NamedTuple):
     min_keep: jax.Array  # int32 >= 1
 
 
-def _per_row(value: Any, off: Any, batch_shape: tuple[int, ...], dtype: Any) -> jax.Array:
-    value = off if value is None else value
+def _per_row(params: SamplingParams, name: str, batch_shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    value = getattr(params, name)
+    value = OFF[name] if value is None else value
     return jnp.broadcast_to(jnp.asarray(value).astype(dtype), batch_shape).reshape(-1)
 
 
 def _rows_params(params: SamplingParams, batch_shape: tuple[int, ...], dtype: Any) -> _Rows:
-    temperature = _per_row(params.temperature, 1.0, batch_shape, dtype)
+    temperature = _per_row(params, "temperature", batch_shape, dtype)
     greedy = ~(temperature > 0) | ~jnp.isfinite(temperature)  # also NaN, < 0 and inf
-    top_p = _per_row(params.top_p, 1.0, batch_shape, dtype)
-    min_p = _per_row(params.min_p, 0.0, batch_shape, dtype)
+    top_p = _per_row(params, "top_p", batch_shape, dtype)
+    min_p = _per_row(params, "min_p", batch_shape, dtype)
     return _Rows(
         greedy=greedy,
         temperature=jnp.where(greedy, 1, temperature),
-        top_k=jnp.maximum(_per_row(params.top_k, 0, batch_shape, jnp.int32), 0),
+        top_k=jnp.maximum(_per_row(params, "top_k", batch_shape, jnp.int32), 0),
         top_p=jnp.where(jnp.isnan(top_p), 1, jnp.clip(top_p, 0, 1)),
         min_p=jnp.where(jnp.isnan(min_p), 0, jnp.clip(min_p, 0, 1)),
-        min_keep=jnp.maximum(_per_row(params.min_keep, 1, batch_shape, jnp.int32), 1),
+        min_keep=jnp.maximum(_per_row(params, "min_keep", batch_shape, jnp.int32), 1),
     )
 
 

@@ -41,11 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from agnostic_sampling._api import ROW_NAN
-from agnostic_sampling._api import ROW_NO_FINITE
-from agnostic_sampling._api import ROW_OK
-from agnostic_sampling._api import ROW_POSINF
+from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling.backends import ROW_NAN
+from agnostic_sampling.backends import ROW_NO_FINITE
+from agnostic_sampling.backends import ROW_OK
+from agnostic_sampling.backends import ROW_POSINF
 
 BLOCK = 256  # logits per block of the block-maximum pass
 MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unknown (top-p, min-p)
@@ -112,16 +113,16 @@ class _Rows:
 
     @classmethod
     def from_params(cls, params: SamplingParams, batch_shape: tuple[int, ...], dtype: Any) -> _Rows:
-        def field(name: str, off: float, as_dtype: Any) -> np.ndarray:
+        def field(name: str, as_dtype: Any) -> np.ndarray:
             value = getattr(params, name)
-            return _row_values(off if value is None else value, batch_shape, as_dtype)
+            return _row_values(OFF[name] if value is None else value, batch_shape, as_dtype)
 
         return cls(
-            temperature=field("temperature", 1.0, dtype),
-            top_k=field("top_k", 0, np.int64),
-            top_p=field("top_p", 1.0, np.float64),
-            min_p=field("min_p", 0.0, dtype),
-            min_keep=field("min_keep", 1, np.int64),
+            temperature=field("temperature", dtype),
+            top_k=field("top_k", np.int64),
+            top_p=field("top_p", np.float64),
+            min_p=field("min_p", dtype),
+            min_keep=field("min_keep", np.int64),
         )
 
     def take(self, rows: np.ndarray) -> _Rows:
