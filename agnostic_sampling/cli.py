@@ -55,7 +55,7 @@ def _import_optional(module: str, purpose: str) -> ModuleType:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from agnostic_sampling import demo
+    from agnostic_sampling import _demo as demo
 
     _check_backend(args.backend)
     if args.plot is not None:
@@ -107,7 +107,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     _check_backend(args.backend)
     if importlib.util.find_spec("scipy") is None:
         raise _MissingDependency("verify needs SciPy: pip install 'agnostic-sampling[stats]'")
-    verify = _import_optional("agnostic_sampling.verify", "verify")
+    verify = _import_optional("agnostic_sampling._verify", "verify")
     keywords: dict[str, Any] = {"backend": args.backend, "progress": _ProgressBar(), "seed": args.seed}
     if args.n is not None:
         keywords["n"] = args.n

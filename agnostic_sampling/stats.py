@@ -24,15 +24,11 @@ import dataclasses
 import functools
 import math
 import os
-import zlib
 from typing import Any
 
 import numpy as np
 
-from agnostic_sampling._params import OFF
-from agnostic_sampling._params import SamplingParams
-from agnostic_sampling._params import resolve_params
-from agnostic_sampling._params import validate_params
+from agnostic_sampling._reference import reference_probs
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -45,10 +41,8 @@ __all__ = [
     "assert_samples_match",
     "chisquare_gof",
     "detectable_tv",
-    "power_against",
     "reference_probs",
     "required_samples",
-    "seed_for",
 ]
 
 SUITE_ALPHA = 1e-3
@@ -65,125 +59,7 @@ MIN_EXPECTED = 50
 MISSING_EXPECTED = 64
 """A token expected this often that never appears fails outright (chance under H0 ~ e^-64)."""
 SEED_OFFSET_ENV = "AGNOSTIC_SAMPLING_SEED_OFFSET"
-"""Environment variable added to every `seed_for` seed, to vary the seeds in calibration runs."""
-
-
-def _reference_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float,
-                   min_keep: int) -> np.ndarray:
-    """The processed distribution of one row of float64 logits."""
-    if temperature == 0:
-        one_hot = np.zeros_like(x)
-        one_hot[np.argmax(x)] = 1.0
-        return one_hot
-
-    z = (x - x.max()) / temperature
-    kept = np.isfinite(z)
-
-    def top_with_ties(candidates: np.ndarray, n: int) -> np.ndarray:
-        """The n largest of ``candidates`` and everything tied with the n-th."""
-        values = np.sort(z[candidates])[::-1]
-        if n >= values.size:
-            return candidates
-        return candidates & (z >= values[n - 1])
-
-    def respect_min_keep(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        return after | top_with_ties(before, min_keep)
-
-    if top_k > 0:
-        kept = respect_min_keep(kept, top_with_ties(kept, top_k))
-
-    if top_p < 1:
-        q = np.where(kept, np.exp(z), 0.0)
-        q /= q.sum()
-        # mass of the tokens strictly more probable than each token: sort decreasingly, take the
-        # mass before each token, and give every member of a tie the mass before the first one
-        order = np.argsort(-q, kind="stable")
-        sorted_q = q[order]
-        mass_before = np.cumsum(sorted_q) - sorted_q
-        first_of_tie = np.searchsorted(-sorted_q, -sorted_q, side="left")
-        more_probable = np.empty_like(q)
-        more_probable[order] = mass_before[first_of_tie]
-        kept = respect_min_keep(kept, kept & ((more_probable < top_p) | (q == q.max())))
-
-    if min_p > 0:
-        kept = respect_min_keep(kept, kept & (z >= z[kept].max() + np.log(min_p)))
-
-    weights = np.where(kept, np.exp(z), 0.0)
-    return weights / weights.sum()
-
-
-def reference_probs(
-    logits: Any,
-    *,
-    temperature: Any = 1.0,
-    top_k: Any = None,
-    top_p: Any = None,
-    min_p: Any = None,
-    min_keep: Any = 1,
-    params: SamplingParams | None = None,
-) -> np.ndarray:
-    """The processed distribution, computed plainly in float64 NumPy: the test oracle.
-
-    Takes the same parameters as `agnostic_sampling.probs` and returns float64 probabilities of
-    the same shape as ``logits``. Slow on purpose (a Python loop over rows, a quadratic top-p);
-    use it on small vocabularies or a few rows.
-
-    Example:
-        >>> import numpy as np
-        >>> from agnostic_sampling.stats import reference_probs
-        >>> reference_probs(np.log([0.5, 0.3, 0.2]), top_p=0.6).round(3).tolist()
-        [0.625, 0.375, 0.0]
-    """
-    x = np.asarray(logits)
-    if x.dtype.name == "bfloat16":
-        x = x.astype(np.float32)
-    x = x.astype(np.float64)
-    resolved = resolve_params(params, temperature=temperature, top_k=top_k, top_p=top_p,
-                              min_p=min_p, min_keep=min_keep)
-    batch_shape = x.shape[:-1]
-    validate_params(resolved, batch_shape)
-
-    def per_row(name: str) -> np.ndarray:
-        value = getattr(resolved, name)
-        column = np.asarray(OFF[name] if value is None else value, np.float64)
-        return np.broadcast_to(column, batch_shape).reshape(-1)
-
-    rows = x.reshape(-1, x.shape[-1])
-    columns = [per_row(name) for name in ("temperature", "top_k", "top_p", "min_p", "min_keep")]
-    out = np.empty_like(rows)
-    for i, row in enumerate(rows):
-        t, k, p, m, n = (c[i] for c in columns)
-        if np.isnan(row).any() or np.isposinf(row).any() or not np.isfinite(row).any():
-            raise ValueError(f"logits row {i} must hold a finite logit and no NaN or +inf")
-        out[i] = _reference_row(row, float(t), int(k), float(p), float(m), int(n))
-    return out.reshape(x.shape)
-
-
-# --------------------------------------------------------------------------------------------
-# Seeds
-
-
-def seed_for(name: str) -> int:
-    """A reproducible seed from a name (a test id), shifted by ``$AGNOSTIC_SAMPLING_SEED_OFFSET``.
-
-    The seed is ``zlib.crc32`` of the name, never Python's salted ``hash``, so a failing test
-    replays with the same draws on every machine. Setting the environment variable to another
-    integer gives every test fresh seeds, which is how a calibration run repeats the suite.
-
-    Args:
-        name: any string; tests pass their pytest node id.
-
-    Returns:
-        A seed in ``[0, 2**32)``.
-
-    Example:
-        >>> from agnostic_sampling.stats import seed_for
-        >>> seed_for("tests/test_x.py::test_y") == seed_for("tests/test_x.py::test_y")
-        True
-    """
-    offset = int(os.environ.get(SEED_OFFSET_ENV, "0") or 0)
-    # kept below 2**32 so that every backend's key constructor accepts it
-    return (zlib.crc32(name.encode()) + offset) % 2**32
+"""Environment variable added to every `agnostic_sampling.testing.seed_for` seed (calibration runs)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,10 +239,11 @@ class ChiSquareResult:
         observed: draws per cell.
         expected: expected draws per cell, ``n`` times the cell's probability.
         counts: draws per token (length ``V``; ids outside ``[0, V)`` are not counted here).
+        probabilities: the expected distribution per token (length ``V``, normalised).
         out_of_support: draws on zero-probability tokens or outside ``[0, V)``.
         detectable_tv: the total-variation distance between cell distributions that this test
             detects with probability ``power`` at level ``alpha``.
-        alpha: the level ``detectable_tv`` refers to.
+        alpha: the level of the test: ``detectable_tv`` and ``problems`` refer to it.
         power: the power ``detectable_tv`` refers to.
     """
 
@@ -378,10 +255,39 @@ class ChiSquareResult:
     observed: np.ndarray
     expected: np.ndarray
     counts: np.ndarray
+    probabilities: np.ndarray
     out_of_support: int
     detectable_tv: float
     alpha: float
     power: float
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why the draws fail at level ``alpha``, one line per reason (empty when they pass).
+
+        The reasons: draws outside the support, tokens expected at least 64 times that never
+        appear, a p-value below ``alpha`` (a NaN p-value fails too).
+        """
+        problems = []
+        counts, p = self.counts, self.probabilities
+        if self.out_of_support:
+            outside = np.flatnonzero((p == 0) & (counts > 0))
+            listed = ", ".join(f"{int(t)} x{int(counts[t])}" for t in outside[:8]) or "ids out of range"
+            problems.append(f"{self.out_of_support} draws outside the support (tokens: {listed})")
+        expected_counts = self.n * p
+        missing = np.flatnonzero((expected_counts >= MISSING_EXPECTED) & (counts == 0))
+        if missing.size:
+            listed = ", ".join(f"{int(t)} (expected {expected_counts[t]:.0f})" for t in missing[:8])
+            problems.append(f"{missing.size} tokens never drawn despite an expected count >= "
+                            f"{MISSING_EXPECTED}: {listed}")
+        if not self.pvalue >= self.alpha:
+            problems.append(f"chi-square {self.statistic:.4g} on {self.dof} dof: p-value {self.pvalue:.3g} "
+                            f"< alpha {self.alpha:.3g}")
+        return tuple(problems)
+
+    @property
+    def passed(self) -> bool:
+        """True when the draws pass every check at level ``alpha`` (`problems` is empty)."""
+        return not self.problems
 
     def residuals(self) -> np.ndarray:
         """Standardized residuals ``(observed - expected) / sqrt(expected)`` per cell."""
@@ -500,114 +406,13 @@ def chisquare_gof(
         statistic, pvalue = float(test.statistic), float(test.pvalue)
     return ChiSquareResult(
         statistic=statistic, pvalue=pvalue, dof=max(len(cells) - 1, 0), n=n, cells=tuple(cells),
-        observed=cell_observed, expected=cell_expected, counts=token_counts,
+        observed=cell_observed, expected=cell_expected, counts=token_counts, probabilities=p,
         out_of_support=out_of_support, detectable_tv=tv, alpha=alpha, power=power,
     )
 
 
-def _pearson_power(p: np.ndarray, a: np.ndarray, n: int, alpha: float) -> float:
-    """Power of Pearson's test of cell probabilities ``p`` when the truth is ``a``.
-
-    ``Y_c = (O_c - n p_c) / sqrt(n p_c)`` has mean ``mu = sqrt(n) (a - p) / sqrt(p)`` and
-    covariance ``S = diag(a / p) - u u^T`` with ``u = a / sqrt(p)``; the statistic ``|Y|^2`` has
-    mean ``tr S + |mu|^2`` and, for Gaussian ``Y``, variance ``2 tr S^2 + 4 mu^T S mu``. Match
-    those two moments with ``c * ncx2(dof, delta)``; when ``a == p`` locally this is ``c = 1``,
-    ``delta = |mu|^2``.
-    """
-    from scipy import stats as st
-
-    dof = p.size - 1
-    critical = st.chi2.isf(alpha, dof)
-    ratio = a / p
-    sum_u2 = float(np.sum(a * ratio))
-    trace = float(ratio.sum()) - sum_u2
-    trace_sq = float(np.sum(ratio**2) - 2 * np.sum(a * ratio**2) + sum_u2**2)
-    mu = np.sqrt(n) * (a - p) / np.sqrt(p)
-    lam = float(mu @ mu)
-    mu_s_mu = float(np.sum(ratio * mu**2) - (np.sqrt(a * ratio) @ mu) ** 2)
-    mean, variance = trace + lam, 2 * trace_sq + 4 * mu_s_mu
-    if lam == 0 and np.allclose(ratio, 1):
-        return alpha
-    discriminant = mean**2 - dof * variance / 2
-    if discriminant < 0:  # no noncentral fit: a scaled central chi-square (Satterthwaite)
-        scale, nu = variance / (2 * mean), 2 * mean**2 / variance
-        return float(st.chi2.sf(critical / scale, nu))
-    scale = (mean - math.sqrt(discriminant)) / dof
-    return float(st.ncx2.sf(critical / scale, dof, max(mean / scale - dof, 0.0)))
-
-
-def power_against(expected: Any, alternative: Any, n: int, *, alpha: float = DEFAULT_ALPHA,
-                  min_expected: float = MIN_EXPECTED) -> float:
-    """The predicted power of `chisquare_gof` at level ``alpha`` when the draws come from
-    ``alternative`` instead of ``expected``.
-
-    Uses the cells the test would form for ``n`` draws. Under the alternative, Pearson's
-    statistic is approximated by ``c`` times a noncentral chi-square on the test's degrees of
-    freedom, with ``c`` and the noncentrality chosen to match the statistic's exact mean and its
-    variance under the normal approximation of the cell counts. For nearby alternatives this is
-    the textbook noncentral chi-square with noncentrality ``n * sum((a_c - p_c)^2 / p_c)``
-    (``c = 1``, as `required_samples` uses); for a deviation spread over many cells it corrects
-    that textbook power, which can be too optimistic (tests/test_stats.py, the tail-bias bug:
-    textbook 0.50, this 0.37, simulated 0.37). Mass of ``alternative`` outside the support of
-    ``expected`` fails the test as soon as one draw lands there; when none does, the draws follow
-    ``alternative`` renormalised on the support, which is what the chi-square part uses.
-
-    Args:
-        expected: the distribution under test (length ``V``).
-        alternative: the distribution the draws really come from (length ``V``).
-        n: number of draws.
-        alpha: level of the test.
-        min_expected: as in `chisquare_gof`.
-
-    Returns:
-        The probability that the test rejects.
-
-    Example:
-        >>> import numpy as np
-        >>> from agnostic_sampling.stats import power_against
-        >>> p, a = np.full(4, 0.25), np.array([0.3, 0.25, 0.25, 0.2])
-        >>> round(power_against(p, a, 10_000, alpha=1e-6), 3)
-        1.0
-    """
-
-    p, a = _as_probabilities(expected), _as_probabilities(alternative)
-    if a.shape != p.shape:
-        raise ValueError(f"alternative must have shape {p.shape}, got {a.shape}")
-    cells = _pool_cells(p, n, min_expected)
-    if len(cells) < 2:
-        chi_power = 0.0
-    else:
-        p_cell = np.array([p[c].sum() for c in cells])
-        a_cell = np.array([a[c].sum() for c in cells])
-        # Conditional on staying in the support, the draws follow a renormalised on the cells.
-        a_cell = a_cell / a_cell.sum() if a_cell.sum() > 0 else p_cell
-        chi_power = _pearson_power(p_cell, a_cell, n, alpha)
-    leak = float(a[p == 0].sum())
-    no_leak_seen = (1 - leak) ** n
-    return 1 - no_leak_seen * (1 - chi_power)
-
-
 # --------------------------------------------------------------------------------------------
 # The assertion for test suites
-
-
-def _problems(result: ChiSquareResult, p: np.ndarray, alpha: float) -> list[str]:
-    """Why one row's draws fail `assert_samples_match`, one line per reason (empty: they pass)."""
-    problems = []
-    if result.out_of_support:
-        outside = np.flatnonzero((p == 0) & (result.counts > 0))
-        listed = ", ".join(f"{int(t)} x{int(result.counts[t])}" for t in outside[:8]) or "ids out of range"
-        problems.append(f"{result.out_of_support} draws outside the support (tokens: {listed})")
-    expected_counts = result.n * p
-    missing = np.flatnonzero((expected_counts >= MISSING_EXPECTED) & (result.counts == 0))
-    if missing.size:
-        listed = ", ".join(f"{int(t)} (expected {expected_counts[t]:.0f})" for t in missing[:8])
-        problems.append(f"{missing.size} tokens never drawn despite an expected count >= "
-                        f"{MISSING_EXPECTED}: {listed}")
-    if not result.pvalue >= alpha:
-        problems.append(f"chi-square {result.statistic:.4g} on {result.dof} dof: p-value "
-                        f"{result.pvalue:.3g} < alpha {alpha:.3g}")
-    return problems
 
 
 def assert_samples_match(
@@ -674,10 +479,9 @@ def assert_samples_match(
     for r in range(rows):
         result = chisquare_gof(draws[:, r], p[r], min_expected=min_expected, alpha=row_alpha, power=power)
         results.append(result)
-        problems = _problems(result, _as_probabilities(p[r]), row_alpha)
-        if problems:
+        if result.problems:
             where = "samples" if not batch else f"row {np.unravel_index(r, batch) if len(batch) > 1 else r}"
-            detail = "\n".join(f"  {line}" for line in problems)
+            detail = "\n".join(f"  {line}" for line in result.problems)
             cells = "\n".join(f"    {line}" for line in result.worst_cells().splitlines())
             failures.append(f"{where} of {rows} (n={result.n}):\n{detail}\n  worst cells:\n{cells}")
         elif result.detectable_tv > tv:

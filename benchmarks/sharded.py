@@ -16,7 +16,7 @@ set here before JAX starts unless ``XLA_FLAGS`` already names a device count):
 - ``1 device``: `sample` on unsharded logits, for scale.
 
 Bytes come from the compiled program, not from a model of it: each collective's per-device
-operand shape times its dtype size (`agnostic_sampling.sharding.collectives`), divided by the
+operand shape times its dtype size (`agnostic_sampling.testing.collectives`), divided by the
 batch. A collective inside a ``while`` loop (one per bisection step) runs once per iteration; the
 column "bytes/row" counts those at 32 iterations, the most a float32 bisection can take, so it is
 an upper bound. "received/device/row" converts operand bytes to what one device receives with the
@@ -51,7 +51,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import agnostic_sampling as smp  # noqa: E402
 from agnostic_sampling._bench import realistic_logits  # noqa: E402
-from agnostic_sampling.sharding import collectives  # noqa: E402
+from agnostic_sampling.testing import collectives  # noqa: E402
 
 MAX_BISECTION_STEPS = 32  # float32 bit patterns: a bracket of < 2**31 halves in at most 31 steps
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import agnostic_sampling as smp
-from agnostic_sampling.stats import seed_for
+from agnostic_sampling.testing import seed_for
 
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 
@@ -104,5 +104,5 @@ def eager_backend(backend: Backend) -> Backend:
 @pytest.fixture
 def seed(request: pytest.FixtureRequest) -> int:
     """A seed derived from the test's own id (never from Python's salted ``hash``), shifted by
-    ``$AGNOSTIC_SAMPLING_SEED_OFFSET`` for calibration runs: `agnostic_sampling.stats.seed_for`."""
+    ``$AGNOSTIC_SAMPLING_SEED_OFFSET`` for calibration runs: `agnostic_sampling.testing.seed_for`."""
     return seed_for(request.node.nodeid)

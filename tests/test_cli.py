@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import agnostic_sampling as smp
+from agnostic_sampling import _demo as demo
 from agnostic_sampling import cli
-from agnostic_sampling import demo
 from agnostic_sampling._dispatch import get_backend
 
 HAVE_SCIPY = importlib.util.find_spec("scipy") is not None
@@ -294,7 +294,7 @@ def test_plot_without_matplotlib_exits_2(capsys: pytest.CaptureFixture[str], mon
 
 
 def _fake_verify(rows: list[dict[str, Any]], seen: dict[str, Any]) -> types.ModuleType:
-    module = types.ModuleType("agnostic_sampling.verify")
+    module = types.ModuleType("agnostic_sampling._verify")
 
     def run_verification(*, backend: str, progress: Any, seed: int,
                          n: int | None = None) -> list[dict[str, Any]]:
@@ -314,7 +314,7 @@ def test_verify_exit_code_and_progress(capsys: pytest.CaptureFixture[str], monke
                                        passed: tuple[bool, ...], code: int) -> None:
     rows = [{"strategy": f"s{i}", "passed": ok} for i, ok in enumerate(passed)]
     seen: dict[str, Any] = {}
-    monkeypatch.setitem(sys.modules, "agnostic_sampling.verify", _fake_verify(rows, seen))
+    monkeypatch.setitem(sys.modules, "agnostic_sampling._verify", _fake_verify(rows, seen))
     got, out, err = run(capsys, "verify", "--n", "500", "--seed", "7")
     assert got == code
     assert seen == {"backend": "numpy", "n": 500, "seed": 7}
@@ -322,7 +322,7 @@ def test_verify_exit_code_and_progress(capsys: pytest.CaptureFixture[str], monke
     assert "[" + "#" * 30 + "] 2/2 s1" in err  # the progress bar ends full, on stderr
 
 
-@pytest.mark.skipif(not HAVE_SCIPY or importlib.util.find_spec("agnostic_sampling.verify") is None,
+@pytest.mark.skipif(not HAVE_SCIPY or importlib.util.find_spec("agnostic_sampling._verify") is None,
                     reason="verify needs SciPy and agnostic_sampling.verify")
 def test_verify_for_real(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "verify", "--n", "1000", "--seed", "1")
@@ -338,7 +338,7 @@ def test_verify_for_real(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_verify_missing_module_exits_2(capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "agnostic_sampling.verify", None)
+    monkeypatch.setitem(sys.modules, "agnostic_sampling._verify", None)
     code, _, err = run(capsys, "verify")
     assert code == cli.EXIT_USAGE
     assert "agnostic-sampling verify:" in err

@@ -17,7 +17,7 @@ import pytest
 
 from agnostic_sampling.stats import assert_samples_match
 from agnostic_sampling.stats import reference_probs
-from agnostic_sampling.stats import seed_for
+from agnostic_sampling.testing import seed_for
 
 pytest.importorskip("scipy")  # the checks need SciPy; CI also runs a NumPy-only suite
 
@@ -172,9 +172,9 @@ def test_scalar_parameters_no_draw_outside_support_at_large_vocabulary(eager_bac
 
 
 def test_run_verification_passes_and_tabulates(eager_backend):
-    from agnostic_sampling.verify import STRATEGIES
-    from agnostic_sampling.verify import format_table
-    from agnostic_sampling.verify import run_verification
+    from agnostic_sampling._verify import STRATEGIES
+    from agnostic_sampling._verify import format_table
+    from agnostic_sampling._verify import run_verification
 
     calls = []
     # every strategy on NumPy; on JAX one row plus the batch (each strategy is a compile there)
@@ -191,8 +191,8 @@ def test_run_verification_passes_and_tabulates(eager_backend):
 
 def test_run_verification_fails_a_wrong_sampler(monkeypatch):
     import agnostic_sampling as smp
-    from agnostic_sampling.verify import format_table
-    from agnostic_sampling.verify import run_verification
+    from agnostic_sampling._verify import format_table
+    from agnostic_sampling._verify import run_verification
 
     real = smp.sample
 

@@ -40,8 +40,8 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import agnostic_sampling as smp  # noqa: E402
 from agnostic_sampling import stats  # noqa: E402
-from agnostic_sampling.sharding import collectives  # noqa: E402
 from agnostic_sampling.sharding import pad_vocab  # noqa: E402
+from agnostic_sampling.testing import collectives  # noqa: E402
 
 N_DEVICES = 8
 ENOUGH = len(jax.devices()) >= N_DEVICES

@@ -14,10 +14,10 @@ from agnostic_sampling.stats import DEFAULT_ALPHA
 from agnostic_sampling.stats import assert_samples_match
 from agnostic_sampling.stats import chisquare_gof
 from agnostic_sampling.stats import detectable_tv
-from agnostic_sampling.stats import power_against
 from agnostic_sampling.stats import reference_probs
 from agnostic_sampling.stats import required_samples
-from agnostic_sampling.stats import seed_for
+from agnostic_sampling.testing import power_against
+from agnostic_sampling.testing import seed_for
 
 pytest.importorskip("scipy")  # the checks need SciPy; CI also runs a NumPy-only suite
 
@@ -373,8 +373,8 @@ def test_seed_for_is_stable_and_offset_by_environment(monkeypatch):
     assert seed_for("tests/x.py::t") == (zlib.crc32(b"tests/x.py::t") + 17) % 2**32
 
 
-def test_importing_stats_and_verify_does_not_import_scipy():
-    code = ("import sys, agnostic_sampling.stats, agnostic_sampling.verify;"
+def test_importing_stats_testing_and_verify_does_not_import_scipy():
+    code = ("import sys, agnostic_sampling.stats, agnostic_sampling.testing, agnostic_sampling._verify;"
             "sys.exit(1 if 'scipy' in sys.modules or 'jax' in sys.modules else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -422,10 +422,13 @@ def test_numpy_sampler_false_alarm_rate():
 def test_docstring_examples_run():
     import doctest
 
-    from agnostic_sampling import verify
+    from agnostic_sampling import _reference
+    from agnostic_sampling import _verify as verify
+    from agnostic_sampling import testing
 
-    results = doctest.testmod(stats, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert results.attempted > 10 and results.failed == 0
+    for module, least in ((stats, 5), (_reference, 1), (testing, 3)):
+        results = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert results.attempted >= least and results.failed == 0, module.__name__
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     for test in finder.find(verify.format_table, "format_table", globs={}):

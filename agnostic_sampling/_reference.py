@@ -1,0 +1,109 @@
+"""The test oracle: the sampling pipeline in float64 NumPy, one row at a time.
+
+Sort-based and written for clarity, it shares no code with the fast backends (only the table of
+off values and the parameter validation). It needs NumPy alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from agnostic_sampling._params import OFF
+from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import resolve_params
+from agnostic_sampling._params import validate_params
+
+__all__ = ["reference_probs"]
+
+
+def _reference_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float,
+                   min_keep: int) -> np.ndarray:
+    """The processed distribution of one row of float64 logits."""
+    if temperature == 0:
+        one_hot = np.zeros_like(x)
+        one_hot[np.argmax(x)] = 1.0
+        return one_hot
+
+    z = (x - x.max()) / temperature
+    kept = np.isfinite(z)
+
+    def top_with_ties(candidates: np.ndarray, n: int) -> np.ndarray:
+        """The n largest of ``candidates`` and everything tied with the n-th."""
+        values = np.sort(z[candidates])[::-1]
+        if n >= values.size:
+            return candidates
+        return candidates & (z >= values[n - 1])
+
+    def respect_min_keep(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        return after | top_with_ties(before, min_keep)
+
+    if top_k > 0:
+        kept = respect_min_keep(kept, top_with_ties(kept, top_k))
+
+    if top_p < 1:
+        q = np.where(kept, np.exp(z), 0.0)
+        q /= q.sum()
+        # mass of the tokens strictly more probable than each token: sort decreasingly, take the
+        # mass before each token, and give every member of a tie the mass before the first one
+        order = np.argsort(-q, kind="stable")
+        sorted_q = q[order]
+        mass_before = np.cumsum(sorted_q) - sorted_q
+        first_of_tie = np.searchsorted(-sorted_q, -sorted_q, side="left")
+        more_probable = np.empty_like(q)
+        more_probable[order] = mass_before[first_of_tie]
+        kept = respect_min_keep(kept, kept & ((more_probable < top_p) | (q == q.max())))
+
+    if min_p > 0:
+        kept = respect_min_keep(kept, kept & (z >= z[kept].max() + np.log(min_p)))
+
+    weights = np.where(kept, np.exp(z), 0.0)
+    return weights / weights.sum()
+
+
+def reference_probs(
+    logits: Any,
+    *,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    min_keep: Any = 1,
+    params: SamplingParams | None = None,
+) -> np.ndarray:
+    """The processed distribution, computed plainly in float64 NumPy: the test oracle.
+
+    Takes the same parameters as `agnostic_sampling.probs` and returns float64 probabilities of
+    the same shape as ``logits``. Slow on purpose (a Python loop over rows, a quadratic top-p);
+    use it on small vocabularies or a few rows.
+
+    Example:
+        >>> import numpy as np
+        >>> from agnostic_sampling.stats import reference_probs
+        >>> reference_probs(np.log([0.5, 0.3, 0.2]), top_p=0.6).round(3).tolist()
+        [0.625, 0.375, 0.0]
+    """
+    x = np.asarray(logits)
+    if x.dtype.name == "bfloat16":
+        x = x.astype(np.float32)
+    x = x.astype(np.float64)
+    resolved = resolve_params(params, temperature=temperature, top_k=top_k, top_p=top_p,
+                              min_p=min_p, min_keep=min_keep)
+    batch_shape = x.shape[:-1]
+    validate_params(resolved, batch_shape)
+
+    def per_row(name: str) -> np.ndarray:
+        value = getattr(resolved, name)
+        column = np.asarray(OFF[name] if value is None else value, np.float64)
+        return np.broadcast_to(column, batch_shape).reshape(-1)
+
+    rows = x.reshape(-1, x.shape[-1])
+    columns = [per_row(name) for name in ("temperature", "top_k", "top_p", "min_p", "min_keep")]
+    out = np.empty_like(rows)
+    for i, row in enumerate(rows):
+        t, k, p, m, n = (c[i] for c in columns)
+        if np.isnan(row).any() or np.isposinf(row).any() or not np.isfinite(row).any():
+            raise ValueError(f"logits row {i} must hold a finite logit and no NaN or +inf")
+        out[i] = _reference_row(row, float(t), int(k), float(p), float(m), int(n))
+    return out.reshape(x.shape)
