@@ -12,6 +12,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -119,9 +120,31 @@ def _run_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(_row_failed(row) for row in rows) else EXIT_OK
 
 
+# The benchmarks live in the repository's benchmarks/ folder, beside the package, not in it.
+_BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load_bench() -> ModuleType:
+    """Import ``benchmarks/bench.py`` of the source checkout this package was imported from."""
+    script = _BENCHMARKS / "bench.py"
+    if not script.is_file():
+        raise _MissingDependency(
+            "bench runs the benchmarks of a source checkout, and this installation has none "
+            f"({script} does not exist); in a clone of the repository, run "
+            "'python -m agnostic_sampling bench' from its root, or 'python benchmarks/bench.py'")
+    if str(_BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(_BENCHMARKS))  # bench.py imports harness.py beside it
+    spec = importlib.util.spec_from_file_location("_agnostic_sampling_bench", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
 def _run_bench(args: argparse.Namespace, rest: list[str]) -> int:
     try:
-        bench = _import_optional("agnostic_sampling._bench", "bench")
+        bench = _load_bench()
     except _MissingDependency:
         if args.bench_help:  # the help still answers, and says what bench would do
             args.parser.print_help()
@@ -129,7 +152,7 @@ def _run_bench(args: argparse.Namespace, rest: list[str]) -> int:
         raise
     forwarded = rest + (["--help"] if args.bench_help else [])
     try:
-        code = bench.main(forwarded)
+        code = bench.main(forwarded, prog="python -m agnostic_sampling bench")
     except SystemExit as exit_:  # the benchmark's own argparse: --help or a bad option
         code = exit_.code
     return EXIT_OK if code is None else int(code)
@@ -174,8 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", add_help=False, help="time this library against the peers (options: bench --help)",
         description="Time the NumPy and JAX backends against sort-based pipelines and, where "
-                    "installed, PyTorch and Hugging Face. Every option after 'bench' is passed to "
-                    "the benchmark; 'bench --help' lists them.",
+                    "installed, PyTorch and Hugging Face. Runs benchmarks/bench.py of a source "
+                    "checkout (the benchmarks are not part of the installed package). Every option "
+                    "after 'bench' is passed to it; 'bench --help' lists them.",
     )
     bench.add_argument("-h", "--help", dest="bench_help", action="store_true",
                        help="show the benchmark's options and exit")

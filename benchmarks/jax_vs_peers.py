@@ -9,7 +9,8 @@ Compared, each jitted, on a batch of float32 logits (default 64 x 128256, Llama 
   candidates, ``jax.random.categorical`` over them;
 - greedy: ``smp.greedy`` against ``jnp.max`` (a lower bound) and ``jnp.argmax``.
 
-Each time is the median of ``--repeats`` calls after a warm-up call, with ``block_until_ready``.
+Each time is the median of ``--repeats`` calls after a warm-up call, with ``block_until_ready``
+(`harness.time_calls`). The sort-based peers are `harness.sort_top_p` and `harness.static_top_k`.
 
     python benchmarks/jax_vs_peers.py [--batch 64] [--vocab 128256] [--repeats 7]
 """
@@ -17,53 +18,17 @@ Each time is the median of ``--repeats`` calls after a warm-up call, with ``bloc
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 import agnostic_sampling as smp
 
-
-def sort_based(key: jax.Array, logits: jax.Array, temperature: float, top_p: float) -> jax.Array:
-    """The common full-sort sampler: sort, cumulative softmax, mask the tail, categorical."""
-    z = logits / temperature
-    order = jnp.argsort(-z, axis=-1)
-    ordered = jnp.take_along_axis(z, order, axis=-1)
-    q = jax.nn.softmax(ordered, axis=-1)
-    mass_before = jnp.cumsum(q, axis=-1) - q
-    ordered = jnp.where(mass_before < top_p, ordered, -jnp.inf)
-    position = jax.random.categorical(key, ordered, axis=-1)
-    return jnp.take_along_axis(order, position[:, None], axis=-1)[:, 0]
-
-
-def sort_based_top_k(key: jax.Array, logits: jax.Array, temperature: float, top_k: int,
-                     top_p: float) -> jax.Array:
-    z = logits / temperature
-    order = jnp.argsort(-z, axis=-1)
-    ordered = jnp.take_along_axis(z, order, axis=-1)
-    ordered = jnp.where(jnp.arange(z.shape[-1]) < top_k, ordered, -jnp.inf)
-    q = jax.nn.softmax(ordered, axis=-1)
-    mass_before = jnp.cumsum(q, axis=-1) - q
-    ordered = jnp.where(mass_before < top_p, ordered, -jnp.inf)
-    position = jax.random.categorical(key, ordered, axis=-1)
-    return jnp.take_along_axis(order, position[:, None], axis=-1)[:, 0]
-
-
-def static_top_k(key: jax.Array, logits: jax.Array, temperature: float, top_p: float, *, k: int) -> jax.Array:
-    """``lax.top_k`` with a static k, then top-p among the k candidates."""
-    values, index = lax.top_k(logits / temperature, k)
-    q = jax.nn.softmax(values, axis=-1)
-    mass_before = jnp.cumsum(q, axis=-1) - q
-    values = jnp.where(mass_before < top_p, values, -jnp.inf)
-    position = jax.random.categorical(key, values, axis=-1)
-    return jnp.take_along_axis(index, position[:, None], axis=-1)[:, 0]
+import harness
 
 
 def ours(key: jax.Array, logits: jax.Array, params: smp.SamplingParams) -> jax.Array:
@@ -71,26 +36,23 @@ def ours(key: jax.Array, logits: jax.Array, params: smp.SamplingParams) -> jax.A
 
 
 def median_ms(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    """Median of ``repeats`` calls after one warm-up call (the compile), with block_until_ready."""
+    return harness.time_calls(lambda: jax.block_until_ready(fn(*args)), repeat=repeats, warmup=1).median_ms
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--sort-repeats", type=int, default=3, help="repeats for the (slow) sort-based runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal((args.batch, args.vocab)) * 2).astype(np.float32)
-    logits[:, rng.integers(0, args.vocab, 20)] += 8  # a few likely tokens, as in a real model
+    # A worst case for top-p, not harness.realistic_logits: 20 spikes only 8 above the body, so at
+    # temperature 1 every row's 0.9-nucleus holds about 24,000 tokens (at vocabulary 128256).
+    logits[:, rng.integers(0, args.vocab, 20)] += 8
     logits = jnp.asarray(logits)
     key = jax.random.key(0)
     f32 = jnp.float32
@@ -98,29 +60,27 @@ def main() -> None:
     nucleus = smp.SamplingParams(temperature=f32(1.0), top_p=f32(0.9))
 
     ours_jit = jax.jit(ours)
-    rows = []
 
     def row(name: str, fn: Callable[..., Any], *fn_args: Any, repeats: int | None = None) -> float:
         ms = median_ms(fn, *fn_args, repeats=repeats or args.repeats)
-        rows.append((name, ms))
         print(f"  {name:<48} {ms:10.2f} ms", flush=True)
         return ms
 
-    print(f"batch {args.batch} x vocab {args.vocab} float32; JAX {jax.__version__} on {jax.devices()[0]} "
-          f"({platform.processor() or platform.machine()}); median of {args.repeats} after warm-up")
+    print(f"batch {args.batch} x vocab {args.vocab} float32 on {jax.devices()[0]}; median of {args.repeats} "
+          f"after warm-up\n{harness.machine_line()}")
     print("temperature 0.8, top-k 50, top-p 0.9:")
     a = row("agnostic smp.sample (traced params)", ours_jit, key, logits, full)
     b = row("lax.top_k static k=50 + top-p on 50",
-            jax.jit(lambda k, x: static_top_k(k, x, 0.8, 0.9, k=50)), key, logits)
+            jax.jit(lambda k, x: harness.static_top_k(k, x, 0.8, 0.9, k=50)), key, logits)
     c = row("sort-based (jnp.sort + cumsum + categorical)",
-            jax.jit(lambda k, x: sort_based_top_k(k, x, 0.8, 50, 0.9)), key, logits,
+            jax.jit(lambda k, x: harness.sort_top_p(k, x, 0.8, 0.9, top_k=50)), key, logits,
             repeats=args.sort_repeats)
     print(f"  ratio agnostic / lax.top_k = {a / b:.2f}x; sort-based / agnostic = {c / a:.1f}x")
 
     print("top-p 0.9 alone:")
     d = row("agnostic smp.sample (traced params)", ours_jit, key, logits, nucleus)
     e = row("sort-based (jnp.sort + cumsum + categorical)",
-            jax.jit(lambda k, x: sort_based(k, x, 1.0, 0.9)), key, logits, repeats=args.sort_repeats)
+            jax.jit(lambda k, x: harness.sort_top_p(k, x, 1.0, 0.9)), key, logits, repeats=args.sort_repeats)
     print(f"  ratio sort-based / agnostic = {e / d:.1f}x")
 
     print("greedy:")
@@ -141,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,7 @@ set here before JAX starts unless ``XLA_FLAGS`` already names a device count):
   maxima (V / 32 floats per row, all-gathered) and the 2048 candidates per row (all-reduced).
 - ``gather + sample``: all-gather the vocabulary onto every device, then the same `sample`.
 - ``gather + sort`` (with ``--sort``): all-gather, then the usual sort / cumsum / categorical
-  top-p sampler.
+  top-p sampler (`harness.sort_top_p`).
 - ``1 device``: `sample` on unsharded logits, for scale.
 
 Bytes come from the compiled program, not from a model of it: each collective's per-device
@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
-import time
 from typing import Any
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -43,28 +41,17 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{FLAGS} --xla_force_host_platform_device_count=8".strip()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import agnostic_sampling as smp  # noqa: E402
-from agnostic_sampling._bench import realistic_logits  # noqa: E402
 from agnostic_sampling.testing import collectives  # noqa: E402
 
+import harness  # noqa: E402
+
 MAX_BISECTION_STEPS = 32  # float32 bit patterns: a bracket of < 2**31 halves in at most 31 steps
-
-
-def sort_top_p(key: Any, logits: Any, top_p: float, temperature: float) -> Any:
-    """The common sort-based sampler: sort the row, cumulative mass, mask, categorical draw."""
-    z = logits / temperature
-    order = jnp.argsort(-z, axis=-1)
-    sorted_z = jnp.take_along_axis(z, order, axis=-1)
-    p = jax.nn.softmax(sorted_z, axis=-1)
-    keep = jnp.cumsum(p, axis=-1) - p < top_p
-    choice = jax.random.categorical(key, jnp.where(keep, sorted_z, -jnp.inf), axis=-1)
-    return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
 
 
 def programs(mesh: Mesh, top_p: float, temperature: float) -> dict[str, tuple[Any, bool]]:
@@ -78,7 +65,7 @@ def programs(mesh: Mesh, top_p: float, temperature: float) -> dict[str, tuple[An
         return sharded(key, jax.lax.with_sharding_constraint(x, replicated))
 
     def gather_sort(key: Any, x: Any) -> Any:
-        return sort_top_p(key, jax.lax.with_sharding_constraint(x, replicated), top_p, temperature)
+        return harness.sort_top_p(key, jax.lax.with_sharding_constraint(x, replicated), temperature, top_p)
 
     return {"sharded": (jax.jit(sharded), True), "gather + sample": (jax.jit(gather_sample), True),
             "gather + sort": (jax.jit(gather_sort), True), "1 device": (jax.jit(sharded), False)}
@@ -116,14 +103,13 @@ def main(argv: list[str] | None = None) -> int:
                  "set XLA_FLAGS before JAX starts")
 
     mesh = Mesh(np.array(jax.devices()[:args.devices]), ("vocab",))
-    logits = realistic_logits(args.batch, args.vocab)
+    logits = harness.realistic_logits(args.batch, args.vocab)
     inputs = {True: jax.device_put(logits, NamedSharding(mesh, P(None, "vocab"))),
               False: jax.device_put(logits, jax.devices()[0])}
     key = jax.random.key(0)
     print(f"batch {args.batch} x vocabulary {args.vocab}, float32, vocabulary over {args.devices} simulated "
           f"CPU devices; top_p={args.top_p}, temperature={args.temperature}; median of {args.repeats}")
-    print(f"{platform.machine()}, {os.cpu_count()} cores, JAX {jax.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f}\n")
+    print(harness.machine_line() + "\n")
     print("| program | time (ms) | bytes/row (HLO operands) | received/device/row | collectives |")
     print("| --- | ---: | ---: | ---: | --- |")
     reference = None
@@ -133,17 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         x = inputs[split]
         compiled = fn.lower(key, x).compile()
         ids = np.asarray(compiled(key, x))  # warm-up, and the ids to compare
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(key, x))
-            times.append(time.perf_counter() - start)
+        timing = harness.time_calls(lambda c=compiled, x=x: jax.block_until_ready(c(key, x)),
+                                    repeat=args.repeats, warmup=1)
         summary, operand, received = traffic(compiled.as_text(), args.batch, args.devices if split else 1)
         if name != "gather + sort":
             reference = ids if reference is None else reference
             assert np.array_equal(ids, reference), f"{name} drew different tokens with the same key"
-        milliseconds = 1e3 * float(np.median(times))
-        print(f"| {name} | {milliseconds:.1f} | {operand:,.0f} | {received:,.0f} | {summary} |")
+        print(f"| {name} | {timing.median_ms:.1f} | {operand:,.0f} | {received:,.0f} | {summary} |")
     return 0
 
 

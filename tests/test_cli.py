@@ -355,19 +355,34 @@ def test_verify_without_scipy_exits_2(capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize("returned, code", [(None, 0), (0, 0), (3, 3)])
 def test_bench_forwards_its_arguments(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                       returned: int | None, code: int) -> None:
-    calls: list[list[str]] = []
-    module = types.ModuleType("agnostic_sampling._bench")
-    module.main = lambda argv: calls.append(list(argv)) or returned  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "agnostic_sampling._bench", module)
+    calls: list[tuple[list[str], str]] = []
+    module = types.ModuleType("bench")
+    module.main = lambda argv, prog: calls.append((list(argv), prog)) or returned  # type: ignore[attr-defined]
+    monkeypatch.setattr(cli, "_load_bench", lambda: module)
     assert run(capsys, "bench", "--batch", "8", "--quick")[0] == code
     assert run(capsys, "bench", "--help")[0] == code
-    assert calls == [["--batch", "8", "--quick"], ["--help"]]
+    prog = "python -m agnostic_sampling bench"
+    assert calls == [(["--batch", "8", "--quick"], prog), (["--help"], prog)]
 
 
-def test_bench_missing_module(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "agnostic_sampling._bench", None)
+def test_bench_runs_the_checkouts_benchmark(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    if not (cli._BENCHMARKS / "bench.py").is_file():
+        pytest.skip("the package was not imported from a source checkout")
+    code, out, err = run(capsys, "bench", "--batch", "2", "--vocab", "500", "--tasks", "greedy", "--impl",
+                         "agnostic_sampling numpy", "--repeats", "2", "--out", str(tmp_path), "--name", "t")
+    assert code == cli.EXIT_OK, err
+    assert "Command: `python -m agnostic_sampling bench --batch 2" in out
+    assert "| greedy | **agnostic_sampling numpy** |" in (tmp_path / "t.md").read_text()
+    code, out, _ = run(capsys, "bench", "--help")
+    assert code == 0 and "usage: python -m agnostic_sampling bench" in out and "--full" in out
+
+
+def test_bench_outside_a_checkout(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                  tmp_path: Any) -> None:
+    monkeypatch.setattr(cli, "_BENCHMARKS", tmp_path / "benchmarks")  # as in an installed wheel
     code, _, err = run(capsys, "bench")
     assert code == cli.EXIT_USAGE
-    assert "bench needs agnostic_sampling._bench" in err
+    assert "bench runs the benchmarks of a source checkout" in err and "python benchmarks/bench.py" in err
     code, out, _ = run(capsys, "bench", "--help")  # the help still answers
     assert code == 0 and "usage: agnostic-sampling bench" in out
+    assert "source checkout" in " ".join(out.split())

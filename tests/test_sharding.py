@@ -357,13 +357,18 @@ def test_generate_with_a_vocabulary_sharded_model(seed: int) -> None:
 
 
 @needs_devices
-def test_the_readme_sharding_section_on_eight_devices() -> None:
-    """The README's sharding examples on 8 devices (tests/test_readme.py runs them on one, where
-    there is no collective to check): same draws as one device, no collective above a
-    sixteenth of the logits, the layouts of the results."""
-    text = (ROOT / "README.md").read_text()
+def test_the_design_notes_sharding_section_on_eight_devices() -> None:
+    """docs/design.md's sharding examples on 8 devices (tests/test_readme.py runs them on one,
+    where there is no collective to check): same draws as one device, the layouts of the results,
+    and no collective above a sixteenth of the logits."""
+    text = (ROOT / "docs" / "design.md").read_text()
     section = text[text.index("## Sharded logits"):]
     section = section[:section.index("\n## ", 1)]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
-    assert "collectives(" in code
-    exec(compile(code, "README.md, Sharded logits", "exec"), {"__name__": "readme"})
+    namespace: dict[str, Any] = {"__name__": "design"}
+    exec(compile(code, "docs/design.md, Sharded logits", "exec"), namespace)
+    logits = namespace["sharded_logits"]
+    compiled = namespace["sample_top_p"].lower(jax.random.key(1), logits).compile()
+    for c in collectives(compiled.as_text()):
+        moved = c.operand_bytes * (N_DEVICES if c.op == "all-gather" else 1)
+        assert moved <= logits.nbytes / 16, c
