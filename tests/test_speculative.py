@@ -287,3 +287,16 @@ def test_bad_input_is_named(eager_backend):
         bad = np.broadcast_to(target, (2, 3, VOCAB)).copy()
         bad[1, 2, 0] = np.nan
         smp.verify_draft(key, eager_backend.array(bad), ids, q)
+
+
+def test_the_example_runs_and_matches_the_target(capsys):
+    import runpy
+    from pathlib import Path
+
+    runpy.run_path(str(Path(__file__).resolve().parent.parent / "examples" / "speculative_decode.py"),
+                   run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "per call (K = 4)" in printed
+    assert ", 0 outside the target's kept set" in printed
+    pvalue = float(printed.split("chi-square p-value ")[1].split(",")[0])
+    assert pvalue > 1e-6
