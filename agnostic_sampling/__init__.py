@@ -13,6 +13,8 @@ from agnostic_sampling._api import probs
 from agnostic_sampling._api import process_logits
 from agnostic_sampling._api import sample
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._speculative import DraftVerification
+from agnostic_sampling._speculative import verify_draft
 from agnostic_sampling.generate import GenerateResult
 from agnostic_sampling.generate import generate
 from agnostic_sampling.generate import generate_with_state
@@ -20,6 +22,7 @@ from agnostic_sampling.generate import generate_with_state
 __version__ = "0.1.0"
 
 __all__ = [
+    "DraftVerification",
     "GenerateResult",
     "SamplingParams",
     "generate",
@@ -29,4 +32,5 @@ __all__ = [
     "process_logits",
     "sample",
     "stats",
+    "verify_draft",
 ]

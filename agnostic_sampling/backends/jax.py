@@ -68,6 +68,7 @@ from agnostic_sampling.backends import ROW_NAN
 from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
+from agnostic_sampling.backends import _acceptance
 
 register_pytree()
 
@@ -902,3 +903,41 @@ def probs(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Arr
 def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
     """One exact draw per row (int32; -1 for a row with no finite logit), by inverse CDF."""
     return _sample(key, logits, params, _plan(params))
+
+
+# --------------------------------------------------------------------------------------------
+# Speculative verification
+
+
+def _uniform_grid(key: jax.Array, batch: int, positions: int) -> jax.Array:
+    """``(batch, positions)`` uniforms: from one key, or ``positions`` from each row's own key."""
+    if key.shape == ():
+        return jax.random.uniform(key, (batch, positions))
+    if key.shape != (batch,):
+        raise ValueError(f"key must be one key or one key per row (shape ({batch},)), "
+                         f"got key shape {key.shape}")
+    return jax.vmap(lambda k: jax.random.uniform(k, (positions,)))(key)
+
+
+@functools.partial(jax.jit, static_argnames="plan")
+def _verify_draft(key: jax.Array, logits: jax.Array, draft_ids: jax.Array, draft_probs: jax.Array | None,
+                  params: SamplingParams, plan: _Plan) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    batch, positions, _ = logits.shape
+    z, status = _process(logits, params, plan)
+    p = _softmax(z).reshape(logits.shape)
+    uniform = _uniform_grid(key, batch, positions).astype(p.dtype)
+    decision = _acceptance.accept(p, draft_ids, draft_probs, uniform, jnp)
+    last = _draw(jnp.log(decision.residual), uniform[:, -1])
+    tokens = _acceptance.emitted(draft_ids.astype(jnp.int32), decision.num_accepted, last, jnp)
+    return (tokens, decision.num_accepted), status.reshape(batch, positions)
+
+
+def verify_draft(key: jax.Array, logits: jax.Array, draft_ids: jax.Array, draft_probs: jax.Array | None,
+                 params: SamplingParams) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    """Accept drafts by the standard rule, then one token from the residual or the bonus position.
+
+    ``logits`` is ``(B, K + 1, V)``; returns ``(tokens (B, K + 1), num_accepted (B,))`` (int32)
+    and the status of every target position ``(B, K + 1)``.
+    """
+    params = _acceptance.per_position(params, logits.shape[1], jnp)
+    return _verify_draft(key, logits, jnp.asarray(draft_ids), draft_probs, params, _plan(params))

@@ -47,6 +47,7 @@ from agnostic_sampling.backends import ROW_NAN
 from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
+from agnostic_sampling.backends import _acceptance
 
 BLOCK = 256  # logits per block of the block-maximum pass
 MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unknown (top-p, min-p)
@@ -691,3 +692,26 @@ def _draw_by_blocks(weight: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     in_block[~inside] = 0.0
     position = _pick(np.cumsum(in_block, axis=-1), target - before, in_block)
     return block * BLOCK + position
+
+
+# --------------------------------------------------------------------------------------------
+# Speculative verification
+
+
+def verify_draft(key: np.random.Generator, logits: np.ndarray, draft_ids: np.ndarray,
+                 draft_probs: np.ndarray | None,
+                 params: SamplingParams) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray]:
+    """Accept drafts by the standard rule, then one token from the residual or the bonus position.
+
+    ``logits`` is ``(B, K + 1, V)``; returns ``(tokens (B, K + 1), num_accepted (B,))`` and the
+    status of every target position ``(B, K + 1)``.
+    """
+    batch, positions, _ = logits.shape
+    uniform = key.random((batch, positions))
+    p, status = probs(logits, _acceptance.per_position(params, positions, np))
+    if p is None:
+        return None, status
+    decision = _acceptance.accept(p, draft_ids, draft_probs, uniform, np)
+    last = _draw_by_blocks(decision.residual, uniform[:, -1])
+    tokens = _acceptance.emitted(draft_ids.astype(np.int64), decision.num_accepted, last, np)
+    return (tokens, decision.num_accepted.astype(np.int64)), status
