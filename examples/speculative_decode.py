@@ -55,7 +55,8 @@ def main() -> None:
         text += out.tokens[0, : out.num_emitted[0]].tolist()
         calls += 1
     print("generated:", repr("".join(CHARS[i] for i in text[:80])))
-    print(f"{len(text) - 1} characters in {calls} target calls: {(len(text) - 1) / calls:.2f} per call (K = {K})")
+    made = len(text) - 1
+    print(f"{made} characters in {calls} target calls: {made / calls:.2f} per call (K = {K})")
 
     rows = 20_000
     out = speculative_round(rng, np.full(rows, STOI["t"]))
