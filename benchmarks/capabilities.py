@@ -1,0 +1,77 @@
+"""The capabilities around sampling, each timed beside the call it builds on, on each backend.
+
+Run: python benchmarks/capabilities.py [--batch 64] [--vocab 128256] [--repeat 7]
+
+Each row times one capability and its baseline on the same realistic float32 logits
+(`harness.realistic_logits`), alternately call by call (`harness.time_calls` with ``paired``), and
+reports both medians and their ratio:
+
+- ``verify_draft`` (K = 4, a sampled draft) against ``probs`` on the same ``(B * (K + 1), V)``
+  logits, temperature 0.8, top-k 50, top-p 0.9 (goal: at most 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import agnostic_sampling as smp
+
+import harness
+
+SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
+K = 4
+
+
+def _draft(batch: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """A draft's ids and probabilities: the draft model is the target at a higher temperature."""
+    logits = harness.realistic_logits(batch * K, vocab, seed=1).reshape(batch, K, vocab)
+    q = np.asarray(smp.probs(logits, temperature=1.3), np.float32)
+    ids = np.asarray(smp.sample(0, logits, temperature=1.3))
+    return ids, q
+
+
+def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Callable[[], Any]]]:
+    """(capability, backend, run, baseline) for every row this machine can run."""
+    target = harness.realistic_logits(batch * (K + 1), vocab).reshape(batch, K + 1, vocab)
+    ids, q = _draft(batch, vocab)
+    flat = target.reshape(-1, vocab)
+    out = [("verify_draft K=4 / probs", "numpy",
+            lambda: smp.verify_draft(0, target, ids, q, **SAMPLING),
+            lambda: smp.probs(flat, **SAMPLING))]
+    if harness.installed("jax"):
+        import jax
+        import jax.numpy as jnp
+
+        key = jax.random.key(0)
+        target_j, ids_j, q_j, flat_j = (jnp.asarray(a) for a in (target, ids, q, flat))
+        out.append(("verify_draft K=4 / probs", "jax (jit)",
+                    lambda: jax.block_until_ready(smp.verify_draft(key, target_j, ids_j, q_j, **SAMPLING)),
+                    lambda: jax.block_until_ready(smp.probs(flat_j, **SAMPLING))))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time every row and print a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=128256)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args(argv)
+    print(harness.machine_line())
+    print(f"\nbatch {args.batch} x vocab {args.vocab}, medians of {args.repeat} paired calls\n")
+    print("| capability / baseline | backend | capability (ms) | baseline (ms) | ratio |")
+    print("|---|---|---:|---:|---:|")
+    for name, backend, run, baseline in rows(args.batch, args.vocab):
+        timing = harness.time_calls(run, repeat=args.repeat, paired=baseline)
+        ratio = timing.median_ms / timing.paired_median_ms
+        print(f"| {name} | {backend} | {timing.median_ms:.1f} | {timing.paired_median_ms:.1f} "
+              f"| {ratio:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
