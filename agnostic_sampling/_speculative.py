@@ -57,13 +57,14 @@ def _check_draft(draft_ids: Any, draft_probs: Any, shape: tuple[int, ...], modul
         raise ValueError(f"draft_probs must have shape (B, K, V) = {(batch, positions - 1, vocab)}, "
                          f"got {tuple(probs.shape)}")
     if not is_tracer(probs):
-        concrete = np.asarray(probs, np.float64)
-        bad = ~np.isfinite(concrete) | (concrete < 0)
-        if bad.any():
+        concrete = np.asarray(probs)
+        # Two passes: the minimum (NaN fails it) and the row sums (inf shows there).
+        if not concrete.min() >= 0:
+            bad = ~(concrete >= 0)
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(f"draft_probs must be finite and >= 0, got {concrete[where]} at {where}")
-        total = concrete.sum(axis=-1)
-        off = np.abs(total - 1) > 1e-3
+        total = concrete.sum(axis=-1, dtype=np.float64)
+        off = ~(np.abs(total - 1) <= 1e-3)
         if off.any():
             where = tuple(int(i) for i in np.argwhere(off)[0])
             raise ValueError(f"draft_probs must sum to 1 over the vocabulary (within 1e-3), got "

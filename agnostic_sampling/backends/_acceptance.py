@@ -58,28 +58,26 @@ def accept(p: Any, draft_ids: Any, draft_probs: Any | None, uniform: Any, xp: An
     """
     batch, positions, vocab = p.shape
     k = positions - 1
-    ids = draft_ids[..., None]
-    p_draft = xp.take_along_axis(p[:, :k], ids, axis=-1)[..., 0]
-    q_draft = 1 if draft_probs is None else xp.take_along_axis(draft_probs, ids, axis=-1)[..., 0]
+    rows = xp.arange(batch)
+    p_draft = p[rows[:, None], xp.arange(k)[None, :], draft_ids]  # (B, K) gathers, no pass over V
+    q_draft = 1 if draft_probs is None else draft_probs[rows[:, None], xp.arange(k)[None, :], draft_ids]
     accepted = (p_draft > 0) & (uniform[:, :k] * q_draft < p_draft)
     num_accepted = xp.sum(xp.cumprod(accepted.astype(xp.int32), axis=-1), axis=-1).astype(xp.int32)
 
-    at = num_accepted[:, None, None]
-    p_next = xp.take_along_axis(p, at, axis=1)[:, 0]
+    p_next = p[rows, num_accepted]  # (B, V): where the last token is drawn
     if k == 0:
         return Decision(num_accepted, p_next)
-    rejected_at = xp.minimum(num_accepted, k - 1)[:, None]
+    rejected = (num_accepted < k)[:, None]
+    rejected_at = xp.minimum(num_accepted, k - 1)
     if draft_probs is None:
-        rejected_id = xp.take_along_axis(draft_ids, rejected_at, axis=-1)
-        q_next = (xp.arange(vocab)[None, :] == rejected_id).astype(p.dtype)
+        q_next = (xp.arange(vocab)[None, :] == draft_ids[rows, rejected_at][:, None]) & rejected
     else:
-        q_next = xp.take_along_axis(draft_probs, rejected_at[:, :, None], axis=1)[:, 0].astype(p.dtype)
-    residual = xp.maximum(p_next - q_next, 0)
+        q_next = xp.where(rejected, draft_probs[rows, rejected_at], 0)
+    # After K accepts q_next is 0, so the residual is p itself.
+    residual = xp.maximum(p_next - q_next.astype(p.dtype), 0)
     # Rounding can leave nothing of p above q (p == q up to an ulp): then the residual is p.
     empty = xp.sum(residual, axis=-1, keepdims=True) <= 0
-    residual = xp.where(empty, p_next, residual)
-    rejected = (num_accepted < k)[:, None]
-    return Decision(num_accepted, xp.where(rejected, residual, p_next))
+    return Decision(num_accepted, xp.where(empty, p_next, residual))
 
 
 def emitted(draft_ids: Any, num_accepted: Any, last: Any, xp: Any) -> Any:
