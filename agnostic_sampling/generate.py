@@ -104,12 +104,13 @@ def generate(
     JAX: the whole loop is compiled once, as one ``lax.while_loop`` over a fixed buffer; other
     parameter values, keys, prompts and lengths of the same shapes reuse it. The model is traced
     once and always gets a window of fixed width ``min(context_size, P + max_new_tokens)``;
-    positions after the current one hold later prompt tokens or ``pad_id``. **The model must be
-    causal** (position ``t`` depends only on positions ``<= t``): a bidirectional model would see
-    those future positions and cannot be fed a fixed buffer. The compiled loop is cached per
-    ``model`` object (a static argument), so pass the same callable each time; to decode with
-    weights that change, call `generate` inside your own ``jax.jit`` with the weights as an
-    argument. Which sampling steps are ``None`` is static too (each combination compiles once).
+    positions after the current one hold later prompt tokens or ``pad_id`` (see ``pad_id`` if
+    the model masks padding itself). **The model must be causal** (position ``t`` depends only on
+    positions ``<= t``): a bidirectional model would see those future positions and cannot be fed
+    a fixed buffer. The compiled loop is cached per ``model`` object (a static argument), so pass
+    the same callable each time; to decode with weights that change, call `generate` inside your
+    own ``jax.jit`` with the weights as an argument. Which sampling steps are ``None`` is static
+    too (each combination compiles once).
 
     Args:
         key: NumPy: a ``numpy.random.Generator`` (consumed), an ``int`` seed or a ``SeedSequence``.
@@ -122,7 +123,16 @@ def generate(
             prompt longer than this is cropped to its last ``context_size`` tokens, as the model
             would be at any later position.
         eos_id: a row stops after generating this id; ``None``: rows stop at ``max_new_tokens``.
-        pad_id: written after each row's last token.
+        pad_id: written after each row's last token, and fed to the model: for a row that has
+            finished while others continue (both backends) and, on JAX, at the window's
+            positions after the current one. A causal model ignores those positions, whatever
+            their id, unless it builds its own padding mask from the ids: if ``pad_id`` is the
+            id that model masks, the mask covers them and its logits can change (silently on
+            JAX: a fully masked position can, for instance, produce NaN that later layers spread
+            to earlier positions; NumPy raises on a NaN row). Avoid it by passing a ``pad_id``
+            the model does not mask (an ordinary token id is safe: a decoding row is never fed
+            ``pad_id`` at or before its current position), or decode with `generate_with_state`,
+            whose step gets one token per row and can keep the model's own mask in its state.
         prompt_lengths: ``(B,)`` real length of each row (``1 <= L <= P``); ``None``: all ``P``.
         return_logprobs: also return each generated token's log-probability (one more pipeline
             pass per position, through `process_logits`).
