@@ -1,5 +1,9 @@
 """Decode loops: `generate` for a model that maps ids to logits, `generate_with_state` for a step.
 
+This module validates a request once (parameters, key, prompt, lengths) and runs the NumPy loop;
+the JAX loop lives in ``_generate_jax``, imported only when the JAX backend is chosen. Both loops
+call the backend module's ``sample`` directly at each position.
+
 Layout and padding side
 -----------------------
 The prompt is a ``(B, P)`` array of ids, *right*-padded: row ``b`` holds its ``prompt_lengths[b]``
@@ -20,9 +24,9 @@ Keys
 ----
 One draw per row per position, at every position where some row samples (positions where every
 row is still reading its prompt or has finished draw nothing). NumPy: a ``Generator`` made from
-``key`` (or ``key`` itself) is consumed in order, one `sample` call per such position. JAX: the
-draw at position ``t`` uses ``jax.random.fold_in(key, t)``. Both forms of the loop therefore give
-the same ids for the same key, and the same key always gives the same ids.
+``key`` (or ``key`` itself) is consumed in order, as by one `sample` call per such position. JAX:
+the draw at position ``t`` uses ``jax.random.fold_in(key, t)``. Both forms of the loop therefore
+give the same ids for the same key, and the same key always gives the same ids.
 """
 
 from __future__ import annotations
