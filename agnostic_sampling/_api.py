@@ -2,33 +2,23 @@
 
 Every backend module defines the same functions (``asarray``, ``as_key``, ``greedy``,
 ``sample``, ``process_logits``, ``probs``) and holds array code only. Each returns its result
-with a per-row status code; concrete bad rows are reported here, in one place.
+with a per-row status code; concrete bad rows are reported through ``_checks``, the one
+place the decode loops use too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from agnostic_sampling import _dispatch
-from agnostic_sampling._dispatch import is_jax_array
-from agnostic_sampling._dispatch import is_tracer
+from agnostic_sampling._checks import check_logits
+from agnostic_sampling._checks import raise_bad_rows
+from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
-from agnostic_sampling.backends import ROW_NAN
-from agnostic_sampling.backends import ROW_NO_FINITE
-from agnostic_sampling.backends import ROW_OK
-from agnostic_sampling.backends import ROW_POSINF
 
 __all__ = ["greedy", "probs", "process_logits", "sample"]
-
-_ROW_PROBLEMS = {
-    ROW_NAN: "contains NaN; logits must be finite or -inf",
-    ROW_POSINF: "contains +inf; logits must be finite or -inf",
-    ROW_NO_FINITE: "has no finite logit, so there is nothing to sample",
-}
 
 
 def _prepare(logits: Any, backend: str | None) -> tuple[Any, Any]:
@@ -36,51 +26,8 @@ def _prepare(logits: Any, backend: str | None) -> tuple[Any, Any]:
     name = _dispatch.backend_name(logits, backend)
     module = _dispatch.get_backend(name)
     array = module.asarray(logits)
-    dtype = np.dtype(array.dtype)
-    if not (np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"):
-        raise TypeError(f"logits must be a floating-point array, got dtype {dtype}")
-    if array.ndim == 0:
-        raise ValueError("logits must have at least one dimension (..., V), got a scalar")
-    if array.shape[-1] == 0:
-        raise ValueError(f"logits must have a vocabulary of at least one token, got shape {array.shape}")
+    check_logits(array)
     return module, array
-
-
-def _check_key(key: Any, module: Any, array: Any) -> Any:
-    """Turn ``key`` into the backend's random state, refusing the other backend's keys."""
-    name = module.__name__.rsplit(".", 1)[-1]
-    why = (
-        f"the {name} backend was chosen because logits is a {type(array).__module__}."
-        f"{type(array).__name__}"
-    )
-    if name == "numpy" and is_jax_array(key):
-        raise TypeError(
-            f"key is a JAX key but {why}; pass a numpy.random.Generator, an int or a "
-            "SeedSequence, or JAX logits (or backend='jax')"
-        )
-    if name == "jax" and isinstance(key, (np.random.Generator, np.random.SeedSequence)):
-        raise TypeError(
-            f"key is a {type(key).__name__} but {why}; pass a jax.random.key, a PRNGKey or an int"
-        )
-    return module.as_key(key)
-
-
-def _raise_bad_rows(status: Any, shape: tuple[int, ...]) -> None:
-    """Report the first bad row of a concrete status array (skipped under tracing)."""
-    if is_tracer(status):
-        return
-    status = np.asarray(status)
-    if not status.any():
-        return
-    flat = int(np.argmax(status.reshape(-1) != ROW_OK))
-    code = int(status.reshape(-1)[flat])
-    batch = shape[:-1]
-    row = np.unravel_index(flat, batch) if batch else ()
-    if len(row) > 1:
-        where = f"row {tuple(int(i) for i in row)}"
-    else:
-        where = f"row {int(row[0])}" if row else "the logits"
-    raise ValueError(f"logits {where} {_ROW_PROBLEMS[code]}")
 
 
 def _params(params: SamplingParams | None, batch_shape: tuple[int, ...], **keywords: Any) -> SamplingParams:
@@ -131,9 +78,9 @@ def sample(
     module, array = _prepare(logits, backend)
     resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
                        min_p=min_p, min_keep=min_keep)
-    rng = _check_key(key, module, array)
+    rng = as_backend_key(key, module, array)
     ids, status = module.sample(rng, array, resolved)
-    _raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape)
     return ids
 
 
@@ -147,7 +94,7 @@ def greedy(logits: Any, *, backend: str | None = None) -> Any:
     """
     module, array = _prepare(logits, backend)
     ids, status = module.greedy(array)
-    _raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape)
     return ids
 
 
@@ -176,7 +123,7 @@ def process_logits(
     resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
                        min_p=min_p, min_keep=min_keep)
     out, status = module.process_logits(array, resolved)
-    _raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape)
     return out
 
 
@@ -204,5 +151,5 @@ def probs(
     resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
                        min_p=min_p, min_keep=min_keep)
     out, status = module.probs(array, resolved)
-    _raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape)
     return out

@@ -1,5 +1,9 @@
 """Decode loops: `generate` for a model that maps ids to logits, `generate_with_state` for a step.
 
+This module validates a request once (parameters, key, prompt, lengths) and runs the NumPy loop;
+the JAX loop lives in ``_generate_jax``, imported only when the JAX backend is chosen. Both loops
+call the backend module's ``sample`` directly at each position.
+
 Layout and padding side
 -----------------------
 The prompt is a ``(B, P)`` array of ids, *right*-padded: row ``b`` holds its ``prompt_lengths[b]``
@@ -20,14 +24,13 @@ Keys
 ----
 One draw per row per position, at every position where some row samples (positions where every
 row is still reading its prompt or has finished draw nothing). NumPy: a ``Generator`` made from
-``key`` (or ``key`` itself) is consumed in order, one `sample` call per such position. JAX: the
-draw at position ``t`` uses ``jax.random.fold_in(key, t)``. Both forms of the loop therefore give
-the same ids for the same key, and the same key always gives the same ids.
+``key`` (or ``key`` itself) is consumed in order, as by one `sample` call per such position. JAX:
+the draw at position ``t`` uses ``jax.random.fold_in(key, t)``. Both forms of the loop therefore
+give the same ids for the same key, and the same key always gives the same ids.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -35,15 +38,17 @@ from typing import NamedTuple
 import numpy as np
 
 from agnostic_sampling import _dispatch
-from agnostic_sampling._api import process_logits
-from agnostic_sampling._api import sample
-from agnostic_sampling._dispatch import is_jax_array
+from agnostic_sampling._checks import check_logits
+from agnostic_sampling._checks import raise_bad_rows
+from agnostic_sampling._decode import Request
+from agnostic_sampling._decode import token_logprobs
+from agnostic_sampling._decode import wrong_shape
 from agnostic_sampling._dispatch import is_tracer
-from agnostic_sampling._params import FIELDS
+from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import SamplingParams
-from agnostic_sampling._params import register_pytree
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
+from agnostic_sampling.backends import numpy as numpy_backend
 
 __all__ = ["GenerateResult", "generate", "generate_with_state"]
 
@@ -103,12 +108,13 @@ def generate(
     JAX: the whole loop is compiled once, as one ``lax.while_loop`` over a fixed buffer; other
     parameter values, keys, prompts and lengths of the same shapes reuse it. The model is traced
     once and always gets a window of fixed width ``min(context_size, P + max_new_tokens)``;
-    positions after the current one hold later prompt tokens or ``pad_id``. **The model must be
-    causal** (position ``t`` depends only on positions ``<= t``): a bidirectional model would see
-    those future positions and cannot be fed a fixed buffer. The compiled loop is cached per
-    ``model`` object (a static argument), so pass the same callable each time; to decode with
-    weights that change, call `generate` inside your own ``jax.jit`` with the weights as an
-    argument. Which sampling steps are ``None`` is static too (each combination compiles once).
+    positions after the current one hold later prompt tokens or ``pad_id`` (see ``pad_id`` if
+    the model masks padding itself). **The model must be causal** (position ``t`` depends only on
+    positions ``<= t``): a bidirectional model would see those future positions and cannot be fed
+    a fixed buffer. The compiled loop is cached per ``model`` object (a static argument), so pass
+    the same callable each time; to decode with weights that change, call `generate` inside your
+    own ``jax.jit`` with the weights as an argument. Which sampling steps are ``None`` is static
+    too (each combination compiles once).
 
     Args:
         key: NumPy: a ``numpy.random.Generator`` (consumed), an ``int`` seed or a ``SeedSequence``.
@@ -121,7 +127,16 @@ def generate(
             prompt longer than this is cropped to its last ``context_size`` tokens, as the model
             would be at any later position.
         eos_id: a row stops after generating this id; ``None``: rows stop at ``max_new_tokens``.
-        pad_id: written after each row's last token.
+        pad_id: written after each row's last token, and fed to the model: for a row that has
+            finished while others continue (both backends) and, on JAX, at the window's
+            positions after the current one. A causal model ignores those positions, whatever
+            their id, unless it builds its own padding mask from the ids: if ``pad_id`` is the
+            id that model masks, the mask covers them and its logits can change (silently on
+            JAX: a fully masked position can, for instance, produce NaN that later layers spread
+            to earlier positions; NumPy raises on a NaN row). Avoid it by passing a ``pad_id``
+            the model does not mask (an ordinary token id is safe: a decoding row is never fed
+            ``pad_id`` at or before its current position), or decode with `generate_with_state`,
+            whose step gets one token per row and can keep the model's own mask in its state.
         prompt_lengths: ``(B,)`` real length of each row (``1 <= L <= P``); ``None``: all ``P``.
         return_logprobs: also return each generated token's log-probability (one more pipeline
             pass per position, through `process_logits`).
@@ -146,14 +161,17 @@ def generate(
         >>> out.ids.tolist(), out.num_generated.tolist()
         ([[0, 1, 2, 3, -1], [2, 3, -1, -1, -1]], [2, 1])
     """
-    plan = _plan(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-                 backend, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                 min_keep=min_keep)
+    request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
+                       backend, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                       min_keep=min_keep)
     if context_size is not None:
         context_size = _positive_int("context_size", context_size)
-    if plan.backend == "numpy":
-        return _NumpyLoop(plan, model=model, context_size=context_size).run()
-    return _run_jax(plan, model, stateful=False, state=None, context_size=context_size)
+    if request.backend == "numpy":
+        return _NumpyLoop(request, model=model, context_size=context_size).run()
+    from agnostic_sampling import _generate_jax  # imports JAX: only once the JAX backend is chosen
+
+    return GenerateResult(*_generate_jax.run(request, model, stateful=False, state=None,
+                                             context_size=context_size))
 
 
 def generate_with_state(
@@ -213,28 +231,18 @@ def generate_with_state(
         >>> out.ids.tolist(), out.state
         ([[0, 1, 2, 3, 0]], 3)
     """
-    plan = _plan(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-                 backend, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                 min_keep=min_keep)
-    if plan.backend == "numpy":
-        return _NumpyLoop(plan, step=step, state=state).run()
-    return _run_jax(plan, step, stateful=True, state=state, context_size=None)
+    request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
+                       backend, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                       min_keep=min_keep)
+    if request.backend == "numpy":
+        return _NumpyLoop(request, step=step, state=state).run()
+    from agnostic_sampling import _generate_jax  # imports JAX: only once the JAX backend is chosen
+
+    return GenerateResult(*_generate_jax.run(request, step, stateful=True, state=state, context_size=None))
 
 
 # --------------------------------------------------------------------------------------------
 # Validation (pure Python and metadata, before any array work)
-
-
-class _Plan(NamedTuple):
-    backend: str
-    key: Any
-    prompt: Any  # (B, P) integer ids, on the backend
-    lengths: Any  # (B,) ints, on the backend
-    max_new_tokens: int
-    eos_id: int | None
-    pad_id: int
-    return_logprobs: bool
-    params: SamplingParams
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -251,18 +259,17 @@ def _token_id(name: str, value: Any) -> int:
     return int(value)
 
 
-def _plan(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, prompt_lengths: Any,
-          return_logprobs: bool, backend: str | None, params: SamplingParams | None,
-          **keywords: Any) -> _Plan:
-    """Validate everything that can be checked before the loop, and pick the backend once."""
-    name = _dispatch.backend_name(prompt, backend)
-    if name == "jax":
-        register_pytree()  # before any jit
-        import jax.numpy as jnp
+def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, prompt_lengths: Any,
+             return_logprobs: bool, backend: str | None, params: SamplingParams | None,
+             **keywords: Any) -> Request:
+    """Validate everything that can be checked before the loop, and pick the backend once.
 
-        prompt = jnp.asarray(prompt)
-    else:
-        prompt = np.asarray(prompt)
+    The sampling parameters are validated here against the batch shape ``(B,)``, and the key is
+    converted here, so the loops call the backend's functions directly at every position.
+    """
+    name = _dispatch.backend_name(prompt, backend)
+    module = _dispatch.get_backend(name)  # the JAX backend registers SamplingParams as a pytree
+    prompt = module.asarray(prompt)
     if prompt.ndim != 2:
         hint = "; for one prompt use prompt[None]" if prompt.ndim == 1 else ""
         raise ValueError(f"prompt must have shape (batch, length), got shape {tuple(prompt.shape)}{hint}")
@@ -278,15 +285,17 @@ def _plan(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, 
 
     resolved = resolve_params(params, **keywords)
     validate_params(resolved, (batch,))
-    lengths = _lengths(prompt_lengths, batch, width, name)
-    return _Plan(name, _key(key, name, prompt), prompt, lengths, max_new_tokens, eos_id, pad_id,
-                 bool(return_logprobs), resolved)
+    lengths = module.asarray(_lengths(prompt_lengths, batch, width, name))
+    rng = as_backend_key(key, module, prompt, argument="prompt")
+    return Request(name, rng, prompt, lengths, max_new_tokens, eos_id, pad_id, bool(return_logprobs),
+                   resolved)
 
 
 def _lengths(prompt_lengths: Any, batch: int, width: int, backend: str) -> Any:
-    """Per-row prompt lengths as a (B,) array, checked when concrete."""
+    """Per-row prompt lengths as a (B,) array (int64 on NumPy, int32 on JAX), checked when concrete."""
+    dtype = np.int64 if backend == "numpy" else np.int32
     if prompt_lengths is None:
-        return np.full(batch, width, np.int64) if backend == "numpy" else _jnp().full(batch, width, "int32")
+        return np.full(batch, width, dtype)
     if is_tracer(prompt_lengths):
         if prompt_lengths.shape != (batch,):
             raise ValueError(f"prompt_lengths must have shape ({batch},), got {prompt_lengths.shape}")
@@ -305,37 +314,7 @@ def _lengths(prompt_lengths: Any, batch: int, width: int, backend: str) -> Any:
         row = int(np.argmax(lengths > width))
         raise ValueError(f"prompt_lengths[{row}] = {int(lengths[row])} is longer than the prompt "
                          f"array's width {width}")
-    return lengths.astype(np.int64) if backend == "numpy" else _jnp().asarray(lengths, "int32")
-
-
-def _jnp() -> Any:
-    import jax.numpy as jnp
-
-    return jnp
-
-
-def _key(key: Any, backend: str, prompt: Any) -> Any:
-    """The backend's random state from ``key``; the other backend's keys are refused."""
-    kind = f"{type(prompt).__module__}.{type(prompt).__name__}"
-    why = f"the {backend} backend was chosen because prompt is a {kind}"
-    if backend == "numpy":
-        if is_jax_array(key):
-            raise TypeError(f"key is a JAX key but {why}; pass a numpy.random.Generator, an int or a "
-                            "SeedSequence, or a JAX prompt (or backend='jax')")
-        return _dispatch.get_backend("numpy").as_key(key)
-    if isinstance(key, (np.random.Generator, np.random.SeedSequence)):
-        raise TypeError(f"key is a {type(key).__name__} but {why}; "
-                        "pass a jax.random.key, a PRNGKey or an int")
-    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-        import jax
-
-        return jax.random.key(int(key))
-    return key
-
-
-def _wrong_shape(what: str, got: tuple[int, ...], expected: str, fed: str) -> ValueError:
-    return ValueError(f"{what} returned logits of shape {tuple(got)}; "
-                      f"expected {expected} for ids of shape {fed}")
+    return lengths.astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,9 +324,9 @@ def _wrong_shape(what: str, got: tuple[int, ...], expected: str, fed: str) -> Va
 class _NumpyLoop:
     """One decode on NumPy; ``model`` (the plain form) or ``step`` and ``state`` (the cached form)."""
 
-    def __init__(self, plan: _Plan, *, model: Any = None, context_size: int | None = None,
+    def __init__(self, request: Request, *, model: Any = None, context_size: int | None = None,
                  step: Any = None, state: Any = None):
-        self.plan, self.model, self.context_size = plan, model, context_size
+        self.request, self.model, self.context_size = request, model, context_size
         self.step, self.state = step, state
         self.vocab: int | None = None
 
@@ -360,7 +339,7 @@ class _NumpyLoop:
             logits = np.asarray(logits)
             shape = tuple(np.shape(logits))
             if len(shape) != 2 or shape[0] != batch or shape[1] != (self.vocab or shape[1]):
-                raise _wrong_shape("step", shape, f"(B, V) = ({batch}, {self.vocab or 'V'})", f"({batch},)")
+                raise wrong_shape("step", shape, f"(B, V) = ({batch}, {self.vocab or 'V'})", f"({batch},)")
         else:
             start = 0 if self.context_size is None else max(0, t + 1 - self.context_size)
             window = ids[:, start:t + 1]
@@ -368,170 +347,57 @@ class _NumpyLoop:
             shape = tuple(np.shape(out))
             if len(shape) != 3 or shape[:2] != window.shape or shape[2] != (self.vocab or shape[2]):
                 expected = f"(B, t, V) = ({batch}, {window.shape[1]}, {self.vocab or 'V'})"
-                raise _wrong_shape("model", shape, expected, str(window.shape))
+                raise wrong_shape("model", shape, expected, str(window.shape))
             logits = out[:, -1]
         self.vocab = shape[-1]
         return logits
 
+    def draw(self, t: int, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One token per row from the logits of position ``t + 1``, and its log-probability
+        when asked; bad logits are reported with the position that produced them."""
+        request = self.request
+        try:
+            check_logits(logits)
+            tokens, status = numpy_backend.sample(request.key, logits, request.params)
+            raise_bad_rows(status, logits.shape)
+        except ValueError as error:
+            raise ValueError(f"the logits for position {t + 1} (fed through position {t}): "
+                             f"{error}") from error
+        if not request.return_logprobs:
+            return tokens, None
+        processed, _ = numpy_backend.process_logits(logits, request.params)  # rows checked above
+        return tokens, token_logprobs(processed, tokens, np)
+
     def run(self) -> GenerateResult:
-        plan = self.plan
-        batch, width = plan.prompt.shape
-        total = width + plan.max_new_tokens
+        request = self.request
+        batch, width = request.prompt.shape
+        total = width + request.max_new_tokens
         positions = np.arange(total)
-        ids = np.full((batch, total), plan.pad_id, np.int64)
-        in_prompt = positions[None, :width] < plan.lengths[:, None]
-        ids[:, :width] = np.where(in_prompt, plan.prompt, plan.pad_id)
+        ids = np.full((batch, total), request.pad_id, np.int64)
+        in_prompt = positions[None, :width] < request.lengths[:, None]
+        ids[:, :width] = np.where(in_prompt, request.prompt, request.pad_id)
         logprobs = None  # allocated at the first draw, in the logits' precision
         finished = np.zeros(batch, bool)
         generated = np.zeros(batch, np.int64)
-        first_sampled = int(plan.lengths.min()) - 1  # no row samples before this position
+        first_sampled = int(request.lengths.min()) - 1  # no row samples before this position
         calls = 0
         for t in range(0 if self.step is not None else first_sampled, total - 1):
             logits = self.logits_at(t, ids)
             calls += 1
-            taking = ~finished & (plan.lengths <= t + 1)
+            taking = ~finished & (request.lengths <= t + 1)
             if not taking.any():
                 continue  # every row is reading its prompt (a step's prefill) or has finished
-            try:
-                tokens = sample(plan.key, logits, params=plan.params, backend="numpy")
-            except ValueError as error:  # bad logits: say which step of the loop produced them
-                raise ValueError(f"the logits for position {t + 1} (fed through position {t}): "
-                                 f"{error}") from error
+            tokens, drawn_logprobs = self.draw(t, logits)
             ids[taking, t + 1] = tokens[taking]
-            if plan.return_logprobs:
-                token_logprobs = _token_logprobs(logits, tokens, plan.params)
+            if drawn_logprobs is not None:
                 if logprobs is None:
-                    logprobs = np.zeros((batch, total), token_logprobs.dtype)
-                logprobs[taking, t + 1] = token_logprobs[taking]
+                    logprobs = np.zeros((batch, total), drawn_logprobs.dtype)
+                logprobs[taking, t + 1] = drawn_logprobs[taking]
             generated += taking
-            stopped = generated >= plan.max_new_tokens
-            if plan.eos_id is not None:
-                stopped |= tokens == plan.eos_id
+            stopped = generated >= request.max_new_tokens
+            if request.eos_id is not None:
+                stopped |= tokens == request.eos_id
             finished |= taking & stopped
             if finished.all():
                 break
         return GenerateResult(ids, generated, logprobs, calls, self.state)
-
-
-def _token_logprobs(logits: Any, tokens: Any, params: SamplingParams) -> Any:
-    """``log probs(logits)[token]`` per row, from `process_logits` (log-softmax, no underflow)."""
-    xp = _jnp() if is_jax_array(logits) else np
-    z = process_logits(logits, params=params)
-    top = z.max(axis=-1)  # 0 for every row: process_logits shifts by the row maximum
-    log_norm = top + xp.log(xp.exp(z - top[:, None]).sum(axis=-1))
-    chosen = xp.take_along_axis(z, xp.clip(tokens, 0, z.shape[-1] - 1)[:, None], axis=-1)[:, 0]
-    return chosen - log_norm
-
-
-# --------------------------------------------------------------------------------------------
-# JAX: one lax.while_loop under jit
-
-
-def _run_jax(plan: _Plan, fn: Any, *, stateful: bool, state: Any, context_size: int | None) -> GenerateResult:
-    import jax.numpy as jnp
-
-    batch, width = plan.prompt.shape
-    total = width + plan.max_new_tokens
-    window = total if context_size is None else min(context_size, total)
-    params = _per_row(plan.params, batch)
-    eos = None if plan.eos_id is None else jnp.int32(plan.eos_id)
-    try:
-        return _jax_decoder()(plan.key, plan.prompt.astype(jnp.int32), plan.lengths, params, eos,
-                              jnp.int32(plan.pad_id), state, fn=fn, stateful=stateful,
-                              max_new_tokens=plan.max_new_tokens, window=window,
-                              return_logprobs=plan.return_logprobs)
-    except ValueError as error:
-        if "Non-hashable static arguments" in str(error):
-            what = "step" if stateful else "model"
-            raise TypeError(f"the {what} must be hashable on JAX (it is a static argument of the "
-                            f"compiled loop); define a function that calls it, once, and pass that "
-                            f"function") from error
-        raise
-
-
-def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
-    """Every field given as a (B,) array of one dtype, so new values (scalar or per row) reuse
-    the compiled loop; ``None`` fields stay ``None`` (static: the step is compiled out)."""
-    import jax.numpy as jnp
-
-    dtypes = {"temperature": jnp.float32, "top_k": jnp.int32, "top_p": jnp.float32,
-              "min_p": jnp.float32, "min_keep": jnp.int32}
-    fields = {}
-    for name in FIELDS:
-        value = getattr(params, name)
-        fields[name] = None if value is None else jnp.broadcast_to(jnp.asarray(value, dtypes[name]), (batch,))
-    return SamplingParams(**fields)
-
-
-@functools.cache
-def _jax_decoder() -> Any:
-    import jax
-
-    static = ("fn", "stateful", "max_new_tokens", "window", "return_logprobs")
-    return jax.jit(_decode_jax, static_argnames=static)
-
-
-def _decode_jax(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos: Any, pad: Any,
-                state: Any, *, fn: Any, stateful: bool, max_new_tokens: int, window: int,
-                return_logprobs: bool) -> GenerateResult:
-    import jax
-    import jax.numpy as jnp
-    from jax import lax
-
-    batch, width = prompt.shape
-    total = width + max_new_tokens
-    positions = jnp.arange(total)
-    ids = jnp.full((batch, total), pad, jnp.int32)
-    ids = ids.at[:, :width].set(jnp.where(positions[None, :width] < lengths[:, None], prompt, pad))
-    logprobs = jnp.zeros((batch, total), jnp.float32) if return_logprobs else None
-
-    def logits_at(t: Any, ids: Any, state: Any) -> tuple[Any, Any]:
-        if stateful:
-            logits, state = fn(state, ids[:, t])
-            if logits.ndim != 2 or logits.shape[0] != batch:
-                raise _wrong_shape("step", logits.shape, f"(B, V) = ({batch}, V)", f"({batch},)")
-            return logits, state
-        start = jnp.maximum(t + 1 - window, 0)  # the last `window` positions up to t
-        out = fn(lax.dynamic_slice_in_dim(ids, start, window, axis=1))
-        if out.ndim != 3 or out.shape[:2] != (batch, window):
-            expected = f"(B, t, V) = ({batch}, {window}, V)"
-            raise _wrong_shape("model", out.shape, expected, f"({batch}, {window})")
-        return lax.dynamic_index_in_dim(out, t - start, axis=1, keepdims=False), state
-
-    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        t, ids, logprobs, finished, generated, calls, state = carry
-        logits, state = logits_at(t, ids, state)
-        taking = ~finished & (lengths <= t + 1)
-
-        def draw() -> tuple[Any, Any]:
-            tokens = sample(jax.random.fold_in(key, t), logits, params=params, backend="jax")
-            if logprobs is None:
-                return tokens, jnp.zeros(batch, jnp.float32)
-            return tokens, _token_logprobs(logits, tokens, params).astype(jnp.float32)
-
-        def skip() -> tuple[Any, Any]:
-            return jnp.zeros(batch, jnp.int32), jnp.zeros(batch, jnp.float32)
-
-        # positions where every row is still reading its prompt (all of a step's prefill) or
-        # has finished need no draw: skip the sampling pipeline there
-        tokens, token_logprobs = lax.cond(jnp.any(taking), draw, skip)
-        column = jnp.where(taking, tokens, lax.dynamic_index_in_dim(ids, t + 1, axis=1, keepdims=False))
-        ids = lax.dynamic_update_index_in_dim(ids, column, t + 1, axis=1)
-        if logprobs is not None:
-            token_logprobs = jnp.where(taking, token_logprobs, 0.0)
-            logprobs = lax.dynamic_update_index_in_dim(logprobs, token_logprobs, t + 1, axis=1)
-        generated = generated + taking
-        stopped = generated >= max_new_tokens
-        if eos is not None:
-            stopped = stopped | (tokens == eos)
-        finished = finished | (taking & stopped)
-        return t + 1, ids, logprobs, finished, generated, calls + 1, state
-
-    def cond(carry: tuple[Any, ...]) -> Any:
-        t, finished = carry[0], carry[3]
-        return (t < total - 1) & ~jnp.all(finished)
-
-    first = jnp.int32(0) if stateful else jnp.min(lengths).astype(jnp.int32) - 1
-    carry = (first, ids, logprobs, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.int32), jnp.int32(0), state)
-    _, ids, logprobs, _, generated, calls, state = lax.while_loop(cond, body, carry)
-    return GenerateResult(ids, generated, logprobs, calls, state if stateful else None)

@@ -1,9 +1,12 @@
-"""The decode loops (SPEC section 5) on NumPy and JAX, with tiny deterministic models."""
+"""The decode loops (README: Generation) on NumPy and JAX, with tiny deterministic models."""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +220,39 @@ def test_int_seed_is_a_key(dec):
     assert a.ids.tolist() == b.ids.tolist()
 
 
+def test_legacy_prngkey_gives_the_ids_of_the_typed_key(jax_dec):
+    import jax
+
+    typed = jax_dec.standard(jax.random.key(5), [[1, 2, 3]] * 3, [3, 2, 1], strategy(top_k=4))
+    legacy = jax_dec.standard(jax.random.PRNGKey(5), [[1, 2, 3]] * 3, [3, 2, 1], strategy(top_k=4))
+    assert typed.ids.tolist() == legacy.ids.tolist()
+
+
+def test_a_value_that_is_no_key_is_refused_before_the_loop(dec):
+    calls = dec.traces
+    message = r"key must be a (numpy\.random\.Generator|jax\.random\.key).*got str"
+    with pytest.raises(TypeError, match=message):
+        dec.run("seed", dec.model, [[1]], max_new_tokens=2)
+    assert dec.traces == calls  # refused before the model is called or traced
+
+
+def test_parameters_are_validated_once_per_decode(dec, monkeypatch):
+    # the module, not the function of the same name that the package exports
+    generate_module = importlib.import_module("agnostic_sampling.generate")
+    validate = generate_module.validate_params
+    seen = []
+
+    def counting(params: Any, batch_shape: tuple[int, ...]) -> None:
+        seen.append(batch_shape)
+        validate(params, batch_shape)
+
+    monkeypatch.setattr(generate_module, "validate_params", counting)
+    monkeypatch.setattr(importlib.import_module("agnostic_sampling._api"), "validate_params", counting)
+    out = dec.standard(0, [[1, 2, 3]] * 3, [3, 2, 1], strategy(0.7, 3, 0.9))
+    assert out.model_calls > 1
+    assert seen == [(B,)]  # before the loop, not at every position
+
+
 def test_logprobs_are_under_the_processed_distribution(dec, seed):
     params = strategy(temperature=np.array([0.7, 1.3, 0.0]), top_k=np.array([4, 0, 0]),
                       top_p=np.array([1.0, 0.8, 1.0]))
@@ -405,6 +441,12 @@ def test_nan_logits_are_reported_with_the_position():
         smp.generate(0, nan_at_position_two, np.array([[1], [2]]), max_new_tokens=5)
 
 
+def test_model_returning_integer_logits_is_refused(dec):
+    integer_table = dec.array(np.round(TABLE * 10), np.int32)
+    with pytest.raises(TypeError, match="logits must be a floating-point array, got dtype int32"):
+        dec.run(0, lambda ids: integer_table[ids], [[1]], max_new_tokens=2)
+
+
 def test_keys_of_the_other_backend_are_refused(dec):
     if dec.name == "numpy":
         jax = pytest.importorskip("jax")
@@ -420,6 +462,55 @@ def test_sampling_parameters_are_validated_per_row(dec):
         dec.run(0, dec.model, [[1], [2]], max_new_tokens=2, top_p=np.array([0.5, 1.5]))
     with pytest.raises(ValueError, match="does not broadcast to the batch shape"):
         dec.run(0, dec.model, [[1], [2]], max_new_tokens=2, temperature=np.ones(3))
+
+
+def test_numpy_decoding_imports_no_jax():
+    code = (
+        "import sys, numpy as np, agnostic_sampling as smp;"
+        "table = np.zeros((4, 4), np.float32);"
+        "smp.generate(0, lambda ids: table[ids], np.array([[1, 2]]), max_new_tokens=3, top_p=0.9);"
+        "smp.generate_with_state(0, lambda s, ids: (table[ids], s), 0, np.array([[1]]), max_new_tokens=2);"
+        "print([m for m in sys.modules if m == 'jax' or m.endswith('_generate_jax')])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# pad_id and a model that masks padding itself
+
+MODEL_PAD = 0  # the id the model below treats as padding
+EMBED = np.random.default_rng(99).normal(0.0, 1.0, (V, 4)).astype(np.float32)
+UNEMBED = np.random.default_rng(98).normal(0.0, 1.0, (4, V)).astype(np.float32)
+NEVER_PAD = np.where(np.arange(V) == MODEL_PAD, -1e4, 0.0).astype(np.float32)  # never drawn greedily
+
+
+def masking_model(ids: Any) -> Any:
+    """Two causal attention layers whose mask also drops every position holding MODEL_PAD, as a
+    model with its own padding mask does: a fully masked position becomes NaN, and the second
+    layer spreads it to earlier positions (a zero weight times NaN is NaN)."""
+    xp = np if isinstance(ids, np.ndarray) else __import__("jax.numpy", fromlist=["numpy"])
+    width = ids.shape[1]
+    real = ids != MODEL_PAD
+    mask = xp.tril(xp.ones((width, width), bool))[None] & real[:, None, :] & real[:, :, None]
+    h = xp.asarray(EMBED)[ids]
+    for _ in range(2):
+        scores = xp.where(mask, h @ h.swapaxes(1, 2), -xp.inf)
+        weights = xp.exp(scores - scores.max(axis=-1, keepdims=True))
+        h = h + (weights / weights.sum(axis=-1, keepdims=True)) @ h
+    return h @ xp.asarray(UNEMBED) + xp.asarray(NEVER_PAD)
+
+
+def test_jax_pad_id_that_the_model_masks_changes_the_ids_and_another_does_not(jax_dec):
+    # greedy, rows of equal length, no EOS: NumPy never feeds padding, so its ids are the reference
+    prompt, kw = [[1, 2], [3, 4]], dict(max_new_tokens=4, temperature=0.0)
+    reference = smp.generate(0, masking_model, np.array(prompt), **kw).ids
+    assert np.all(reference[:, 2:] != MODEL_PAD)
+    safe = jax_dec.run(0, masking_model, prompt, pad_id=V - 1, **kw)
+    masked = jax_dec.run(0, masking_model, prompt, pad_id=MODEL_PAD, **kw)  # traced pad: one compile
+    assert safe.ids.tolist() == reference.tolist()
+    assert masked.ids.tolist() != reference.tolist()  # what the pad_id docstring warns about
 
 
 # --------------------------------------------------------------------------------------------
