@@ -7,11 +7,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from agnostic_sampling._api import _check_key
 from agnostic_sampling._api import _params
 from agnostic_sampling._api import _prepare
-from agnostic_sampling._api import _raise_bad_rows
+from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._dispatch import is_tracer
+from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import SamplingParams
 
 __all__ = ["DraftVerification", "verify_draft"]
@@ -131,8 +131,8 @@ def verify_draft(
     ids, probs = _check_draft(draft_ids, draft_probs, tuple(array.shape), module)
     resolved = _params(params, array.shape[:1], temperature=temperature, top_k=top_k, top_p=top_p,
                        min_p=min_p, min_keep=min_keep)
-    rng = _check_key(key, module, array)
+    rng = as_backend_key(key, module, array, "target_logits")
     result, status = module.verify_draft(rng, array, ids, probs, resolved)
-    _raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape)
     tokens, num_accepted = result
     return DraftVerification(tokens, num_accepted, num_accepted + 1)
