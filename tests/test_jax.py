@@ -13,6 +13,7 @@ from agnostic_sampling.stats import reference_probs
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 jax_backend = pytest.importorskip("agnostic_sampling.backends.jax")
+jax_draw = pytest.importorskip("agnostic_sampling.backends._jax_draw")
 
 ROWS, VOCAB = 8, 300
 
@@ -262,7 +263,7 @@ def test_inverse_cdf_draw_lands_on_kept_tokens_at_the_extremes_of_u(vocab):
     kept = np.asarray(jnp.exp(z)) > 0
     first = np.where(kept.any(-1), kept.argmax(-1), -1)
     last = np.where(kept.any(-1), vocab - 1 - kept[:, ::-1].argmax(-1), -1)
-    draw = jax.jit(jax_backend._draw)
+    draw = jax.jit(jax_draw._draw)
     for u, expected in ((0.0, first), (1.0, last)):
         np.testing.assert_array_equal(np.asarray(draw(z, jnp.full(rows, u, jnp.float32))), expected)
     for seed in range(5):
