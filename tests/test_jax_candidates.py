@@ -74,8 +74,8 @@ def _run(op: str, *args: Any, candidates: bool, monkeypatch: pytest.MonkeyPatch)
     with monkeypatch.context() as patch:
         if not candidates:  # the route is chosen where the rows are prepared, in jax.py
             patch.setattr(J, "_candidate_block", lambda vocab: 0)
-        fn = jax.jit(getattr(J, "_" + op).__wrapped__, static_argnames="plan")
-        return jax.block_until_ready(fn(*args, plan=J._plan(params)))
+        fn = jax.jit(getattr(J, "_" + op).__wrapped__, static_argnames="steps")
+        return jax.block_until_ready(fn(*args, steps=J._steps(params)))
 
 
 def _routes(logits: np.ndarray, params: smp.SamplingParams) -> tuple[np.ndarray, np.ndarray]:
@@ -83,11 +83,11 @@ def _routes(logits: np.ndarray, params: smp.SamplingParams) -> tuple[np.ndarray,
 
     @jax.jit
     def flags(x: Any, p: smp.SamplingParams) -> tuple[Any, Any]:
-        plan = J._plan(p)
-        prep = J._prepare(x, p, plan)
-        cand = S._candidates(prep, plan)
+        steps = J._steps(p)
+        prep = J._prepare(x, p, steps)
+        cand = S._candidates(prep, steps)
         threshold, exact = S._candidate_threshold(
-            cand, prep.rows, plan, prep.skip, lambda: jnp.sum(jnp.exp(J._full_z(prep, plan)), axis=-1))
+            cand, prep.rows, steps, prep.skip, lambda: jnp.sum(jnp.exp(J._full_z(prep, steps)), axis=-1))
         inside = exact & ((threshold > cand.bound) | (cand.bound == -jnp.inf))
         return exact & ~prep.skip, inside & ~prep.skip
 

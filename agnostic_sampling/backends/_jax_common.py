@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 
-class _Plan(NamedTuple):
+class _Steps(NamedTuple):
     """Which steps the compiled program contains (static; values stay traced)."""
 
     temperature: bool  # False when the temperature is concretely 1 everywhere: no division
@@ -57,10 +57,10 @@ def _cleaned(raw: jax.Array, posinf: jax.Array, dtype: Any) -> jax.Array:
     return jnp.where(posinf[:, None], jnp.where(x == jnp.inf, 0, -jnp.inf).astype(dtype), x)
 
 
-def _tempered(x: jax.Array, shift: jax.Array, temperature: jax.Array, plan: _Plan) -> jax.Array:
+def _tempered(x: jax.Array, shift: jax.Array, temperature: jax.Array, steps: _Steps) -> jax.Array:
     """``(x - shift) / temperature`` per row, bit for bit the same at any shape."""
     z = x - shift[:, None]
-    if plan.temperature:
+    if steps.temperature:
         # XLA rewrites a division by a broadcast row value into a multiplication by its
         # reciprocal (off by an ulp). A divisor that is not a broadcast (plus a float zero made
         # from an iota, which XLA does not fold) keeps the true division, fused, so the kept sets
@@ -70,7 +70,7 @@ def _tempered(x: jax.Array, shift: jax.Array, temperature: jax.Array, plan: _Pla
     return z
 
 
-def _block(vocab: int) -> int:
+def _block_width(vocab: int) -> int:
     """Width of the blocks of the fused row reductions (the search's sums, the draw's block sums,
     the NaN-aware maximum): the largest power of two dividing ``vocab``, at most 128 and at most
     ``vocab / 64``; 0 when that is below 32 (then plain reductions, one per operand).

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from agnostic_sampling.backends._jax_common import _block
+from agnostic_sampling.backends._jax_common import _block_width
 from agnostic_sampling.backends._jax_common import _count
 
 # --------------------------------------------------------------------------------------------
@@ -116,15 +116,15 @@ def _draw(z: jax.Array, u: jax.Array) -> jax.Array:
     set), by inverse CDF in token order; -1 for a row with no finite ``z``. Never a token of zero
     weight, whatever ``u`` in ``[0, 1]``.
 
-    With `_block` blocks: one fused pass sums the weights of each block, a bisection on the block
-    prefix sums (per-row scalars) picks the block holding ``u * total``, and the walk finishes
+    With `_block_width` blocks: one fused pass sums the weights of each block, a bisection on the
+    block prefix sums (per-row scalars) picks the block holding ``u * total``, and the walk finishes
     inside that block's tokens, gathered (under vocabulary sharding, one block per row moves).
     Rounding can leave either walk on a zero weight; then the nearest positive block or token is
     taken (`_snap`), an event of probability at the float rounding level. Without blocks, the
     pyramid walk of `_inverse_cdf`.
     """
     rows, width = z.shape
-    block = _block(width)
+    block = _block_width(width)
     if not block:
         return _inverse_cdf(jnp.exp(z), u)
     blocks = z.reshape(rows, -1, block)

@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from agnostic_sampling.backends._jax_common import _block
+from agnostic_sampling.backends._jax_common import _block_width
 from agnostic_sampling.backends._jax_common import _cleaned
 from agnostic_sampling.backends._jax_common import _count
-from agnostic_sampling.backends._jax_common import _Plan
 from agnostic_sampling.backends._jax_common import _Prepared
 from agnostic_sampling.backends._jax_common import _Rows
+from agnostic_sampling.backends._jax_common import _Steps
 from agnostic_sampling.backends._jax_common import _tempered
 
 # --------------------------------------------------------------------------------------------
@@ -59,13 +59,13 @@ _PROBES = 4  # thresholds tested per pass: XLA:CPU fuses them into one loop that
 
 def _probes(vocab: int) -> int:
     """Thresholds per search pass: several when `_row_sums` can fuse them, else one."""
-    return _PROBES if _block(vocab) else 1
+    return _PROBES if _block_width(vocab) else 1
 
 
 def _row_sums(operands: list[jax.Array]) -> jax.Array:
     """Row sums of several (N, V) arrays, as (N, len(operands)), in about one pass.
 
-    Each row is cut into blocks of `_block` tokens; one variadic reduce sums every operand's
+    Each row is cut into blocks of `_block_width` tokens; one variadic reduce sums every operand's
     blocks (XLA:CPU fuses the element-wise work of all operands into one loop), then XLA's tree
     reduction adds the block sums. Blocks keep masses accurate (a fused reduce over the whole row
     adds in sequence, which loses precision on long rows) and keep sharding cheap: blocks never
@@ -74,7 +74,7 @@ def _row_sums(operands: list[jax.Array]) -> jax.Array:
     Without such blocks, one reduction per operand.
     """
     rows, vocab = operands[0].shape
-    block = _block(vocab)
+    block = _block_width(vocab)
     if not block:
         return jnp.stack([jnp.sum(x, axis=-1) for x in operands], axis=-1)
     blocks = tuple(x.reshape(rows, -1, block) for x in operands)
@@ -178,25 +178,25 @@ def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: j
     return _from_key(hi, dtype)
 
 
-def _threshold(z: jax.Array, weight: jax.Array | None, rows: _Rows, plan: _Plan,
+def _threshold(z: jax.Array, weight: jax.Array | None, rows: _Rows, steps: _Steps,
                skip: jax.Array) -> jax.Array:
     """Each row's final threshold: the kept set is the finite ``z`` at or above it (README: Semantics)."""
     dtype = z.dtype
     minus_inf = jnp.full(z.shape[:1], -jnp.inf, dtype)
-    needs_min_keep = plan.min_keep and (plan.top_p or plan.min_p)
+    needs_min_keep = steps.min_keep and (steps.top_p or steps.min_p)
     # The min_keep floor v_n: the n-th largest; with n == 1 everywhere it is the maximum, 0.
     keep_floor = _kth_largest(z, rows.min_keep, skip) if needs_min_keep else jnp.zeros_like(minus_inf)
 
     threshold = minus_inf
-    if plan.top_k:
+    if steps.top_k:
         on = rows.top_k > 0
         kth = _kth_largest(z, jnp.maximum(rows.top_k, rows.min_keep), skip | ~on)
         threshold = jnp.where(on, kth, threshold)
-    if plan.top_p:
+    if steps.top_p:
         on = rows.top_p < 1
         nucleus = _top_p_threshold(z, weight, threshold, rows.top_p, skip | ~on)
         threshold = jnp.where(on, jnp.maximum(threshold, jnp.minimum(nucleus, keep_floor)), threshold)
-    if plan.min_p:
+    if steps.min_p:
         on = rows.min_p > 0
         floor = jnp.log(rows.min_p)
         threshold = jnp.where(on, jnp.maximum(threshold, jnp.minimum(floor, keep_floor)), threshold)
@@ -223,23 +223,23 @@ class _Candidates(NamedTuple):
     bound: jax.Array  # (N,) every token outside the candidates has z <= bound
 
 
-def _candidates(prep: _Prepared, plan: _Plan) -> _Candidates:
+def _candidates(prep: _Prepared, steps: _Steps) -> _Candidates:
     rows, vocab = prep.raw.shape
     block = _candidate_block(vocab)
     values, chosen = lax.top_k(prep.block_max, _CANDIDATE_BLOCKS)
     chosen = jnp.sort(chosen, axis=-1)
     raw = jnp.take_along_axis(prep.raw.reshape(rows, -1, block), chosen[:, :, None], axis=1)
     raw = raw.reshape(rows, -1)
-    z = _tempered(_cleaned(raw, prep.posinf, prep.row_max.dtype), prep.shift, prep.rows.temperature, plan)
+    z = _tempered(_cleaned(raw, prep.posinf, prep.row_max.dtype), prep.shift, prep.rows.temperature, steps)
     # The smallest of the k values as a reduction: a slice of the last one would stop XLA:CPU
     # from recognising top_k (it then sorts all the block maxima).
     smallest = jnp.min(values, axis=-1, keepdims=True)
-    bound = _tempered(smallest, prep.shift, prep.rows.temperature, plan)[:, 0]
+    bound = _tempered(smallest, prep.shift, prep.rows.temperature, steps)[:, 0]
     index = (chosen[:, :, None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(rows, -1)
     return _Candidates(z, index, bound)
 
 
-def _candidate_threshold(cand: _Candidates, rows: _Rows, plan: _Plan, skip: jax.Array,
+def _candidate_threshold(cand: _Candidates, rows: _Rows, steps: _Steps, skip: jax.Array,
                          row_mass: Any) -> tuple[jax.Array, jax.Array]:
     """Each row's threshold from its candidates, and whether it is proven exact (see the module docstring).
 
@@ -256,23 +256,23 @@ def _candidate_threshold(cand: _Candidates, rows: _Rows, plan: _Plan, skip: jax.
         return (k <= 1) | (n_above >= k.astype(n_above.dtype))
 
     truncating = jnp.zeros_like(exact)  # a step that min_keep guards is on for the row
-    if plan.top_p:
+    if steps.top_p:
         truncating |= rows.top_p < 1
-    if plan.min_p:
+    if steps.min_p:
         truncating |= rows.min_p > 0
     keep_floor = jnp.zeros_like(minus_inf)
-    if plan.min_keep and (plan.top_p or plan.min_p):
+    if steps.min_keep and (steps.top_p or steps.min_p):
         keep_floor = _kth_largest(z, rows.min_keep, skip | ~truncating)
         exact &= ~truncating | enough(rows.min_keep)
 
     threshold = minus_inf
     top_k_on = jnp.zeros_like(exact)
-    if plan.top_k:
+    if steps.top_k:
         top_k_on = rows.top_k > 0
         k = jnp.maximum(rows.top_k, rows.min_keep)
         threshold = jnp.where(top_k_on, _kth_largest(z, k, skip | ~top_k_on), threshold)
         exact &= ~top_k_on | enough(k)
-    if plan.top_p:
+    if steps.top_p:
         on = rows.top_p < 1
         weight = jnp.exp(z)
         received = jnp.sum(jnp.where(z >= threshold[:, None], weight, 0), axis=-1)
@@ -283,7 +283,7 @@ def _candidate_threshold(cand: _Candidates, rows: _Rows, plan: _Plan, skip: jax.
         exact &= ~on | ~(mass_above < rows.top_p * total)
         nucleus = _top_p_threshold(z, weight, threshold, rows.top_p, skip | ~on, total)
         threshold = jnp.where(on, jnp.maximum(threshold, jnp.minimum(nucleus, keep_floor)), threshold)
-    if plan.min_p:
+    if steps.min_p:
         on = rows.min_p > 0
         floor = jnp.minimum(jnp.log(rows.min_p), keep_floor)
         threshold = jnp.where(on, jnp.maximum(threshold, floor), threshold)

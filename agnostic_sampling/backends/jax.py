@@ -33,11 +33,11 @@ from agnostic_sampling.backends import ROW_NAN
 from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
-from agnostic_sampling.backends._jax_common import _block
+from agnostic_sampling.backends._jax_common import _block_width
 from agnostic_sampling.backends._jax_common import _cleaned
-from agnostic_sampling.backends._jax_common import _Plan
 from agnostic_sampling.backends._jax_common import _Prepared
 from agnostic_sampling.backends._jax_common import _Rows
+from agnostic_sampling.backends._jax_common import _Steps
 from agnostic_sampling.backends._jax_common import _tempered
 from agnostic_sampling.backends._jax_draw import _draw
 from agnostic_sampling.backends._jax_draw import _first_in_blocks
@@ -92,7 +92,7 @@ def as_key(key: Any) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# Static plan: what can be decided at trace time (`_Plan`)
+# Which steps a program contains: decided at trace time (`_Steps`)
 
 
 def _maybe_on(value: Any, off: Any) -> bool:
@@ -104,8 +104,9 @@ def _maybe_on(value: Any, off: Any) -> bool:
     return not bool(np.all(np.asarray(value) == off))
 
 
-def _plan(params: SamplingParams) -> _Plan:
-    return _Plan(
+def _steps(params: SamplingParams) -> _Steps:
+    """The steps that ``params`` can turn on; a step off everywhere is left out of the program."""
+    return _Steps(
         temperature=_maybe_on(params.temperature, OFF["temperature"]),
         top_k=_maybe_on(params.top_k, OFF["top_k"]),
         top_p=_maybe_on(params.top_p, OFF["top_p"]),
@@ -149,16 +150,16 @@ def _max_and_nan(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Each row's maximum ignoring NaN, and whether the row holds NaN.
 
     Not ``isnan(jnp.max(x))``: XLA:CPU's maximum propagates NaN on short rows but ignores it on
-    long ones (there, an all-NaN row has maximum -inf).
-    With `_block` blocks, one fused pass (a variadic reduce per block, then per-row reductions
-    of the block results); otherwise two reductions.
+    long ones (there, an all-NaN row has maximum -inf). With `_block_width` blocks, one fused pass
+    (a variadic reduce per block, then per-row reductions of the block results); otherwise two
+    reductions.
     """
     vocab = x.shape[1]
-    block = _block(vocab)
+    block = _block_width(vocab)
     if not block:
         nan = jnp.isnan(x)
         return jnp.max(jnp.where(nan, -jnp.inf, x), axis=-1), jnp.any(nan, axis=-1)
-    block_max, has_nan = _scan(x, block)
+    block_max, has_nan = _block_max_and_nan(x, block)
     return jnp.max(block_max, axis=-1), has_nan
 
 
@@ -170,7 +171,7 @@ def _status(row_max: jax.Array, has_nan: jax.Array) -> jax.Array:
     ).astype(jnp.int8)
 
 
-def _scan(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
+def _block_max_and_nan(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
     """Maxima of blocks of ``block`` tokens ignoring NaN (N, V / block), and whether each row holds
     NaN (N,), in one fused pass (see `_max_and_nan` on why NaN has its own flag)."""
     rows, vocab = x.shape
@@ -188,12 +189,12 @@ def _scan(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
 # The prepared rows, the route to each row's threshold, and the pipeline
 
 
-def _prepare(logits: jax.Array, params: SamplingParams, plan: _Plan) -> _Prepared:
+def _prepare(logits: jax.Array, params: SamplingParams, steps: _Steps) -> _Prepared:
     dtype = _compute_dtype(logits.dtype)
     raw = logits.reshape(-1, logits.shape[-1])
-    block = _candidate_block(raw.shape[1]) if (plan.top_k or plan.top_p or plan.min_p) else 0
+    block = _candidate_block(raw.shape[1]) if (steps.top_k or steps.top_p or steps.min_p) else 0
     if block:
-        block_max, has_nan = _scan(raw.astype(dtype), block)
+        block_max, has_nan = _block_max_and_nan(raw.astype(dtype), block)
         raw_max = jnp.max(block_max, axis=-1)
     else:
         block_max = None
@@ -209,34 +210,34 @@ def _prepare(logits: jax.Array, params: SamplingParams, plan: _Plan) -> _Prepare
                      _status(raw_max, has_nan), block_max)
 
 
-def _full_z(prep: _Prepared, plan: _Plan) -> jax.Array:
+def _full_z(prep: _Prepared, steps: _Steps) -> jax.Array:
     """The whole rows, cleaned and tempered."""
     dtype = prep.row_max.dtype
-    return _tempered(_cleaned(prep.raw, prep.posinf, dtype), prep.shift, prep.rows.temperature, plan)
+    return _tempered(_cleaned(prep.raw, prep.posinf, dtype), prep.shift, prep.rows.temperature, steps)
 
 
 
-def _row_threshold(prep: _Prepared, plan: _Plan, z: jax.Array | None = None) -> tuple[jax.Array, Any]:
+def _row_threshold(prep: _Prepared, steps: _Steps, z: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """Each row's exact threshold, and the candidates it came from (None without candidates).
 
     ``z`` is the whole rows when the caller has them; otherwise they are built only for the rows
     that need them."""
     rows, skip = prep.rows, prep.skip
     if prep.block_max is None:
-        z = _full_z(prep, plan) if z is None else z
-        return _threshold(z, jnp.exp(z) if plan.top_p else None, rows, plan, skip), None
-    cand = _candidates(prep, plan)
+        z = _full_z(prep, steps) if z is None else z
+        return _threshold(z, jnp.exp(z) if steps.top_p else None, rows, steps, skip), None
+    cand = _candidates(prep, steps)
 
     def row_mass() -> jax.Array:
-        return jnp.sum(jnp.exp(_full_z(prep, plan) if z is None else z), axis=-1)
+        return jnp.sum(jnp.exp(_full_z(prep, steps) if z is None else z), axis=-1)
 
-    threshold, exact = _candidate_threshold(cand, rows, plan, skip, row_mass)
+    threshold, exact = _candidate_threshold(cand, rows, steps, skip, row_mass)
 
     def whole_rows(index: jax.Array | None, active: jax.Array) -> jax.Array:
         sub = _take_rows(prep, index)
-        full = _full_z(sub, plan) if z is None else (z if index is None else z[index])
-        weight = jnp.exp(full) if plan.top_p else None
-        return _threshold(full, weight, sub.rows, plan, sub.skip | ~active)
+        full = _full_z(sub, steps) if z is None else (z if index is None else z[index])
+        weight = jnp.exp(full) if steps.top_p else None
+        return _threshold(full, weight, sub.rows, steps, sub.skip | ~active)
 
     vocab = prep.raw.shape[1]
     return lax.cond(jnp.all(exact), lambda: threshold,
@@ -265,11 +266,11 @@ class _Processed(NamedTuple):
     status: jax.Array  # (N,) int8
 
 
-def _process(logits: jax.Array, params: SamplingParams, plan: _Plan) -> _Processed:
-    prep = _prepare(logits, params, plan)
-    z = _full_z(prep, plan)
-    if plan.top_k or plan.top_p or plan.min_p:
-        threshold, _ = _row_threshold(prep, plan, z)
+def _process(logits: jax.Array, params: SamplingParams, steps: _Steps) -> _Processed:
+    prep = _prepare(logits, params, steps)
+    z = _full_z(prep, steps)
+    if steps.top_k or steps.top_p or steps.min_p:
+        threshold, _ = _row_threshold(prep, steps, z)
         z = jnp.where(z >= threshold[:, None], z, -jnp.inf)
     greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
     one_hot = lax.broadcasted_iota(jnp.int32, z.shape, 1) == _first_of_max(prep)[:, None]
@@ -285,17 +286,17 @@ def _softmax(z: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# The jitted operations (the plan is static)
+# The jitted operations (``steps`` is static)
 
 
 @jax.jit
 def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     x = logits.reshape(-1, logits.shape[-1]).astype(_compute_dtype(logits.dtype))
-    if _block(x.shape[1]):  # V >= 2048, a multiple of 32
+    if _block_width(x.shape[1]):  # V >= 2048, a multiple of 32
         # One fused pass for the maxima of blocks of 32 (and NaN), then one gathered block per
         # row: on XLA:CPU about the cost of jnp.max, far below a variadic reduce keeping
         # (maximum, first index, NaN) per block.
-        block_max, has_nan = _scan(x, _CANDIDATE_BLOCK)
+        block_max, has_nan = _block_max_and_nan(x, _CANDIDATE_BLOCK)
         row_max = jnp.max(block_max, axis=-1)
         ids = jnp.where(row_max == -jnp.inf, -1, _first_in_blocks(x, block_max, row_max))
         return ids.reshape(logits.shape[:-1]), _status(row_max, has_nan).reshape(logits.shape[:-1])
@@ -305,31 +306,31 @@ def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     return ids.reshape(logits.shape[:-1]), _status(row_max, has_nan).reshape(logits.shape[:-1])
 
 
-@functools.partial(jax.jit, static_argnames="plan")
-def _process_logits(logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.Array, jax.Array]:
-    z, status = _process(logits, params, plan)
+@functools.partial(jax.jit, static_argnames="steps")
+def _process_logits(logits: jax.Array, params: SamplingParams, steps: _Steps) -> tuple[jax.Array, jax.Array]:
+    z, status = _process(logits, params, steps)
     return z.reshape(logits.shape), status.reshape(logits.shape[:-1])
 
 
-@functools.partial(jax.jit, static_argnames="plan")
-def _probs(logits: jax.Array, params: SamplingParams, plan: _Plan) -> tuple[jax.Array, jax.Array]:
-    z, status = _process(logits, params, plan)
+@functools.partial(jax.jit, static_argnames="steps")
+def _probs(logits: jax.Array, params: SamplingParams, steps: _Steps) -> tuple[jax.Array, jax.Array]:
+    z, status = _process(logits, params, steps)
     return _softmax(z).reshape(logits.shape), status.reshape(logits.shape[:-1])
 
 
-@functools.partial(jax.jit, static_argnames="plan")
+@functools.partial(jax.jit, static_argnames="steps")
 def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
-            plan: _Plan) -> tuple[jax.Array, jax.Array]:
-    prep = _prepare(logits, params, plan)
+            steps: _Steps) -> tuple[jax.Array, jax.Array]:
+    prep = _prepare(logits, params, steps)
     u = _uniform(key, logits.shape[:-1], prep.row_max.dtype)
     cand = None
-    if plan.top_k or plan.top_p or plan.min_p:
-        threshold, cand = _row_threshold(prep, plan)
+    if steps.top_k or steps.top_p or steps.min_p:
+        threshold, cand = _row_threshold(prep, steps)
 
     def whole_rows(index: jax.Array | None = None, _: Any = None) -> jax.Array:
-        z = _full_z(_take_rows(prep, index), plan)
+        z = _full_z(_take_rows(prep, index), steps)
         pick = (lambda a: a) if index is None else (lambda a: a[index])
-        if plan.top_k or plan.top_p or plan.min_p:
+        if steps.top_k or steps.top_p or steps.min_p:
             z = jnp.where(z >= pick(threshold)[:, None], z, -jnp.inf)
         return _draw(z, pick(u))
 
@@ -359,15 +360,15 @@ def greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def process_logits(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
     """Tempered logits, ``-inf`` outside each row's kept set."""
-    return _process_logits(logits, params, _plan(params))
+    return _process_logits(logits, params, _steps(params))
 
 
 def probs(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
     """``softmax(process_logits(...))`` in float32 (float64 for float64 under x64); zero rows
     for rows with no finite logit."""
-    return _probs(logits, params, _plan(params))
+    return _probs(logits, params, _steps(params))
 
 
 def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
     """One exact draw per row (int32; -1 for a row with no finite logit), by inverse CDF."""
-    return _sample(key, logits, params, _plan(params))
+    return _sample(key, logits, params, _steps(params))
