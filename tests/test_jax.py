@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import agnostic_sampling as smp
-from agnostic_sampling.backends import OPERATIONS
 from agnostic_sampling.stats import reference_probs
 
 jax = pytest.importorskip("jax")
@@ -32,12 +31,6 @@ def per_row_params(rng: np.random.Generator, rows: int, vocab: int) -> dict[str,
         min_p=np.where(on(), rng.uniform(0, 0.3, rows), 0).astype(np.float32),
         min_keep=np.where(on(), rng.integers(1, 6, rows), 1).astype(np.int32),
     )
-
-
-def test_defines_every_backend_operation():
-    numpy_backend = pytest.importorskip("agnostic_sampling.backends.numpy")
-    for name in OPERATIONS:
-        assert callable(getattr(jax_backend, name)) and callable(getattr(numpy_backend, name))
 
 
 def test_new_per_row_parameter_values_trace_once():
