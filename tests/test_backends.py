@@ -7,14 +7,17 @@ that backend runs; this test catches it in every environment that can import the
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agnostic_sampling import backends
 from agnostic_sampling._dispatch import BACKENDS
 from agnostic_sampling.backends import OPERATIONS
 
@@ -84,3 +87,28 @@ def test_a_renamed_parameter_or_a_missing_operation_is_caught() -> None:
     found = _mismatches({"numpy": numpy_backend, "renamed": renamed})
     assert any("'sample' differs" in message for message in found), found
     assert "backend 'renamed' lacks 'probs'" in found
+
+
+def _backend_imports(path: Path) -> set[str]:
+    """The modules of ``agnostic_sampling.backends`` that a source file imports (read, not run)."""
+    package = "agnostic_sampling.backends"
+    modules = {p.stem for p in path.parent.glob("*.py")}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == package:  # from the package: a module?
+            found |= {alias.name for alias in node.names} & modules
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package + "."):
+            found.add(node.module.removeprefix(package + "."))
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.removeprefix(package + ".") for alias in node.names
+                      if alias.name.startswith(package + ".")}
+    return found
+
+
+def test_the_jax_backends_parts_import_downwards_only() -> None:
+    """``jax.py`` uses its private parts; they never import it, and only ``_jax_common`` is shared."""
+    folder = Path(backends.__file__).parent
+    below = {"_jax_common": set(), "_jax_search": {"_jax_common"}, "_jax_draw": {"_jax_common"}}
+    for name, allowed in below.items():
+        assert _backend_imports(folder / f"{name}.py") <= allowed, name
+    assert set(below) <= _backend_imports(folder / "jax.py")

@@ -216,7 +216,6 @@ def _full_z(prep: _Prepared, steps: _Steps) -> jax.Array:
     return _tempered(_cleaned(prep.raw, prep.posinf, dtype), prep.shift, prep.rows.temperature, steps)
 
 
-
 def _row_threshold(prep: _Prepared, steps: _Steps, z: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """Each row's exact threshold, and the candidates it came from (None without candidates).
 
