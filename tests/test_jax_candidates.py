@@ -1,6 +1,7 @@
-"""The JAX backend's candidate route (a few blocks of each row, see `backends/jax.py`) against the
-whole-row route it falls back to: every row that can take either gives the same kept set and the
-same token for the same key, the routes are all exercised, and the draws pass the chi-square test.
+"""The JAX backend's candidate route (a few blocks of each row, see `backends/_jax_search.py`)
+against the whole-row route it falls back to: every row that can take either gives the same kept
+set and the same token for the same key, the routes are all exercised, and the draws pass the
+chi-square test.
 
 Vocabularies here are 8192-16384 tokens, the smallest that use candidates (256 blocks of 32)."""
 
@@ -17,6 +18,7 @@ from agnostic_sampling.stats import reference_probs
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 J = pytest.importorskip("agnostic_sampling.backends.jax")
+S = pytest.importorskip("agnostic_sampling.backends._jax_search")
 
 V = 16384
 
@@ -70,10 +72,10 @@ def _run(op: str, *args: Any, candidates: bool, monkeypatch: pytest.MonkeyPatch)
     """The backend operation, traced afresh with or without the candidate route."""
     params = args[-1]
     with monkeypatch.context() as patch:
-        if not candidates:
+        if not candidates:  # the route is chosen where the rows are prepared, in jax.py
             patch.setattr(J, "_candidate_block", lambda vocab: 0)
-        fn = jax.jit(getattr(J, "_" + op).__wrapped__, static_argnames="plan")
-        return jax.block_until_ready(fn(*args, plan=J._plan(params)))
+        fn = jax.jit(getattr(J, "_" + op).__wrapped__, static_argnames="steps")
+        return jax.block_until_ready(fn(*args, steps=J._steps(params)))
 
 
 def _routes(logits: np.ndarray, params: smp.SamplingParams) -> tuple[np.ndarray, np.ndarray]:
@@ -81,11 +83,11 @@ def _routes(logits: np.ndarray, params: smp.SamplingParams) -> tuple[np.ndarray,
 
     @jax.jit
     def flags(x: Any, p: smp.SamplingParams) -> tuple[Any, Any]:
-        plan = J._plan(p)
-        prep = J._prepare(x, p, plan)
-        cand = J._candidates(prep, plan)
-        threshold, exact = J._candidate_threshold(
-            cand, prep.rows, plan, prep.skip, lambda: jnp.sum(jnp.exp(J._full_z(prep, plan)), axis=-1))
+        steps = J._steps(p)
+        prep = J._prepare(x, p, steps)
+        cand = S._candidates(prep, steps)
+        threshold, exact = S._candidate_threshold(
+            cand, prep.rows, steps, prep.skip, lambda: jnp.sum(jnp.exp(J._full_z(prep, steps)), axis=-1))
         inside = exact & ((threshold > cand.bound) | (cand.bound == -jnp.inf))
         return exact & ~prep.skip, inside & ~prep.skip
 
@@ -94,7 +96,7 @@ def _routes(logits: np.ndarray, params: smp.SamplingParams) -> tuple[np.ndarray,
 
 
 def test_every_route_is_taken() -> None:
-    assert J._candidate_block(V) and J._candidate_block(8192) and not J._candidate_block(8160)
+    assert S._candidate_block(V) and S._candidate_block(8192) and not S._candidate_block(8160)
     exact, inside = _routes(LOGITS, smp.SamplingParams(**PARAMS))
     by_name = dict(zip(NAMES, zip(exact, inside, strict=True), strict=True))
     assert by_name["top-k 50 + top-p, peaked"] == (True, True)
@@ -185,7 +187,7 @@ def test_a_few_rows_needing_whole_rows_are_computed_alone(chunk_rows: int,
     """A few rows fall back: they are gathered and computed alone, in chunks of ``chunk_rows``
     (one chunk, two with padding, three; see `_for_rows`); kept sets and draws equal the
     whole-row route's, row for row."""
-    monkeypatch.setattr(J, "_CHUNK", chunk_rows * V)
+    monkeypatch.setattr(S, "_CHUNK", chunk_rows * V)
     rng = np.random.default_rng(2)
     batch = 32
     logits = rng.standard_normal((batch, V)) * 2
@@ -197,7 +199,7 @@ def test_a_few_rows_needing_whole_rows_are_computed_alone(chunk_rows: int,
     params = smp.SamplingParams(**rows)
     exact, inside = _routes(logits, params)
     assert np.flatnonzero(~exact).tolist() == flat and np.flatnonzero(~inside).tolist() == flat
-    assert J._CHUNK // V < batch  # so the rows are gathered, not computed with the batch
+    assert S._CHUNK // V < batch  # so the rows are gathered, not computed with the batch
 
     x = jnp.asarray(logits)
     z_cand, _ = _run("process_logits", x, params, candidates=True, monkeypatch=monkeypatch)

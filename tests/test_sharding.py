@@ -205,7 +205,7 @@ def test_sharded_matches_unsharded(layout: str, seed: int) -> None:
 
 @needs_devices
 def test_vocabulary_sharded_candidates_move_a_few_floats_per_row(seed: int) -> None:
-    """From 8192 tokens the JAX backend draws from candidate blocks (see `backends/jax.py`): one
+    """From 8192 tokens the JAX backend draws from candidate blocks (see `backends/_jax_search.py`): one
     ``lax.top_k`` over the block maxima (all-gathered: V / 32 floats per row) and one gather of 64
     blocks of 32 tokens (an all-reduce of 2048 floats per row), plus, for rows that fall back to
     the whole row, the per-row scalars of the searches and one block of the draw. Same kept sets,

@@ -592,13 +592,13 @@ def probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None
     return e, status
 
 
-def sample(rng: np.random.Generator, logits: np.ndarray,
+def sample(key: np.random.Generator, logits: np.ndarray,
            params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
     """One exact draw per row from the kept set, by inverse CDF on two uniforms per row."""
     x = _rows(logits)
     batch_shape = logits.shape[:-1]
     prm = _Rows.from_params(params, batch_shape, x.dtype)
-    uniform = rng.random((x.shape[0], 2))
+    uniform = key.random((x.shape[0], 2))
     kept, status = _pipeline(x, prm)
     if kept is None:
         return None, status.reshape(batch_shape)
