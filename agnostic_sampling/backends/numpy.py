@@ -62,13 +62,23 @@ TILE = 256  # rows and columns of the tiles that copy strided rows to C order
 
 def asarray(logits: Any) -> np.ndarray:
     """The logits as a NumPy array (no copy when they already are one)."""
-    return np.asarray(logits)
+    try:
+        return np.asarray(logits)
+    except ValueError as error:  # NumPy refuses ragged nested sequences
+        raise ValueError(f"logits must be a rectangular array of shape (..., V); got a ragged "
+                         f"{type(logits).__name__} ({error})") from None
 
 
 def as_key(key: Any) -> np.random.Generator:
-    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence."""
+    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence.
+
+    Any non-negative int is a seed, however large (as for ``numpy.random.default_rng``).
+    """
     if isinstance(key, np.random.Generator):
         return key
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)) and key < 0:
+        raise ValueError(f"key must be a non-negative int seed, a numpy.random.Generator or a "
+                         f"SeedSequence, got {int(key)}")
     if isinstance(key, np.random.SeedSequence) or (
         isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_))
     ):
@@ -142,8 +152,12 @@ class _Rows:
             value = getattr(params, name)
             return _row_values(OFF[name] if value is None else value, batch_shape, as_dtype)
 
+        temperature = field("temperature", dtype)
+        # A positive temperature below the smallest normal float32 is greedy, as on JAX (whose
+        # XLA flushes it to 0): the limit of T -> 0.
+        temperature = np.where(temperature < np.finfo(np.float32).tiny, 0, temperature).astype(dtype)
         return cls(
-            temperature=field("temperature", dtype),
+            temperature=temperature,
             top_k=field("top_k", np.int64),
             top_p=field("top_p", np.float64),
             min_p=field("min_p", dtype),
