@@ -23,6 +23,8 @@ __all__ = ["greedy", "probs", "process_logits", "sample"]
 
 def _prepare(logits: Any, backend: str | None) -> tuple[Any, Any]:
     """Pick the backend and check the logits' dtype and shape (pure metadata, no array pass)."""
+    if logits is None:
+        raise TypeError("logits must be a floating-point array of shape (..., V), got None")
     name = _dispatch.backend_name(logits, backend)
     module = _dispatch.get_backend(name)
     array = module.asarray(logits)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from agnostic_sampling._dispatch import is_jax_array
 from agnostic_sampling._dispatch import is_tracer
 
 __all__ = ["FIELDS", "OFF", "SamplingParams", "register_pytree", "resolve_params", "validate_params"]
@@ -27,14 +28,111 @@ def register_pytree() -> None:
     """Register `SamplingParams` as a JAX pytree (once; needs only ``jax.tree_util``).
 
     Values are traced data; which fields are ``None`` is static (``None`` is an empty pytree).
+    Unflattening rebuilds the object without ``__post_init__``: the leaves JAX hands back (tracers,
+    shapes, axis numbers) are stored as they are.
     """
     global _registered
     if not _registered:
         import jax.tree_util
 
-        names = [field.name for field in dataclasses.fields(SamplingParams)]
-        jax.tree_util.register_dataclass(SamplingParams, data_fields=names, meta_fields=[])
+        def flatten_with_keys(params: SamplingParams) -> tuple[list[tuple[Any, Any]], None]:
+            return [(jax.tree_util.GetAttrKey(name), getattr(params, name)) for name in FIELDS], None
+
+        def flatten(params: SamplingParams) -> tuple[list[Any], None]:
+            return [getattr(params, name) for name in FIELDS], None
+
+        def unflatten(_: None, values: Any) -> SamplingParams:
+            params = object.__new__(SamplingParams)
+            for name, value in zip(FIELDS, values, strict=True):
+                object.__setattr__(params, name, value)
+            return params
+
+        jax.tree_util.register_pytree_with_keys(SamplingParams, flatten_with_keys, unflatten, flatten)
         _registered = True
+
+
+_INT_FIELDS = ("top_k", "min_keep")
+_INT32_MAX = 2**31 - 1  # any top_k or min_keep at least the vocabulary keeps every token
+_INT64 = (-(2**63), 2**63 - 1)
+_INT_RANGE = "an integer in [-2**63, 2**63) (any value at least the vocabulary size keeps every token)"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
+
+
+def _canonical(name: str, value: Any) -> Any:
+    """``value`` as an array of the field's one dtype, so that every value traces alike.
+
+    Floats become float64 NumPy arrays (JAX arrays: JAX's default float, float32 unless x64 is
+    on), integers int64 NumPy arrays (JAX: JAX's default int) clamped to ``2**31 - 1``, which
+    keeps every token whatever the vocabulary. Under ``jax.jit`` both arrive as the same
+    non-weak 32-bit values. Values that do not convert exactly (complex, bool, non-integral or
+    out-of-range integers, floats past float32) are left as given, for validation to report.
+    """
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return value
+    if is_jax_array(value):
+        return _canonical_jax(name, value)
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            return value
+        value = np.int64(value)
+    elif isinstance(value, float):
+        value = np.float64(value)
+    elif isinstance(value, (list, tuple)) and not any(map(is_jax_array, value)):
+        try:  # a list of numbers per row; under jit a list would be a pytree of scalars
+            value = np.asarray(value)
+        except (ValueError, OverflowError):
+            return value
+    if not isinstance(value, (np.ndarray, np.generic)):
+        return value
+    kind = _kind(value.dtype)
+    if name in _INT_FIELDS:
+        if kind == "f" and value.size:
+            with np.errstate(invalid="ignore"):
+                exact = np.isfinite(value) & (value == np.round(value)) & (np.abs(value) < 2.0**63)
+            if not exact.all():
+                return value
+        elif kind == "u" and value.size and value.max() > _INT64[1]:
+            return value
+        elif kind not in "iuf":
+            return value
+        return np.minimum(np.asarray(value, np.int64), _INT32_MAX)
+    if kind not in "iuf":
+        return value  # complex or bool: an error
+    converted = np.asarray(value, np.float64)
+    if converted.size and np.max(np.abs(converted)) > _FLOAT32_MAX:
+        return value  # past float32: an error, not a silent inf
+    return converted
+
+
+def _kind(dtype: Any) -> str:
+    """NumPy's kind letter, with ``"f"`` for the ml_dtypes floats (bfloat16, float8_*)."""
+    return "f" if dtype.name.startswith(("bfloat", "float")) else np.dtype(dtype).kind
+
+
+def _canonical_jax(name: str, value: Any) -> Any:
+    """A JAX array or tracer as JAX's default int or float, not weak-typed (see `_canonical`).
+
+    A concrete array that `_canonical` would leave as given is left as given; a tracer is
+    converted whatever its values (they are unknown), with integers clamped into int32 first.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    if _kind(value.dtype) not in "iuf":
+        return value  # complex or bool: validation names the parameter
+    if not is_tracer(value):
+        host = np.asarray(value)
+        if _canonical(name, host) is host:
+            return value
+    if name in _INT_FIELDS:
+        if value.dtype != jnp.int32 and jnp.dtype(value.dtype).itemsize >= 4:
+            if jnp.issubdtype(value.dtype, jnp.unsignedinteger):
+                value = jnp.minimum(value, jnp.asarray(_INT32_MAX, value.dtype))
+            else:
+                value = jnp.clip(value, -(2**31), _INT32_MAX)
+        return jnp.asarray(value, jax.dtypes.canonicalize_dtype(np.int64))
+    return jnp.asarray(value, jax.dtypes.canonicalize_dtype(np.float64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +142,19 @@ class SamplingParams:
     Every field is a Python scalar or an array broadcastable to the batch shape
     ``logits.shape[:-1]``, so one call can mix greedy, hot, top-k and nucleus rows. ``None``
     disables a step for every row; the identity values (``temperature=1``, ``top_k=0``,
-    ``top_p=1``, ``min_p=0``) disable it for one row. ``temperature=0`` makes a row greedy.
+    ``top_p=1``, ``min_p=0``) disable it for one row. ``temperature=0`` makes a row greedy, and
+    so does a positive temperature below the smallest normal float32 (``1.17549435e-38``, the
+    limit of ``T -> 0``), on both backends, eagerly and under ``jit``. A temperature above the
+    largest float32 is an error when its value is known; under ``jit`` it arrives as ``inf``,
+    which makes the row greedy like every other non-finite temperature. ``top_k`` and
+    ``min_keep`` at least the vocabulary size keep every token; past int64 they are an error.
+    Complex values are a ``TypeError``.
+
+    Every value is stored as an array of its field's one dtype (floats as float64 NumPy arrays
+    or JAX's default float, integers as int64 NumPy arrays or JAX's default int, clamped to
+    ``2**31 - 1``), so in a ``jax.jit`` of your own any two `SamplingParams` with the same
+    batch shape and the same ``None`` fields share one trace, whether built from Python
+    numbers, NumPy or JAX arrays.
 
     On the JAX backend this class is a pytree (registered once JAX is imported): the
     values are traced data, so new values never recompile; which fields are ``None`` is static.
@@ -67,10 +177,12 @@ class SamplingParams:
         # jax.jit before any JAX array has passed through the package.
         if not _registered and "jax" in sys.modules:
             register_pytree()
+        for name in FIELDS:
+            object.__setattr__(self, name, _canonical(name, getattr(self, name)))
 
 
-_DEFAULTS = SamplingParams()
 FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+_DEFAULTS = SamplingParams()
 
 
 def _is_default(name: str, value: Any) -> bool:
@@ -111,11 +223,23 @@ def _first(array: np.ndarray, bad: np.ndarray) -> str:
     return _format(array[np.unravel_index(int(np.argmax(bad)), bad.shape)]) + _where(bad)
 
 
+def _check_dtype(name: str, dtype: Any) -> None:
+    """Raise unless ``dtype`` is a real number type (a static property: checked under jit too)."""
+    if _kind(dtype) == "c":
+        raise TypeError(f"{name} must be real, got a complex value (dtype {dtype})")
+    if _kind(dtype) not in "iuf":
+        raise TypeError(f"{name} must be a number or a numeric array, got dtype {dtype}")
+
+
 def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:
     """Raise if a concrete parameter value does not broadcast or is out of its range."""
+    if isinstance(value, complex):
+        raise TypeError(f"{name} must be real, got the complex number {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"{name} must be {_INT_RANGE if name in _INT_FIELDS else 'a float32 number'}, "
+                         f"got {value}")
     array = np.asarray(value)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
-        raise TypeError(f"{name} must be a number or a numeric array, got dtype {array.dtype}")
+    _check_dtype(name, array.dtype)
     try:
         shape = np.broadcast_shapes(array.shape, batch_shape)
     except ValueError:
@@ -127,16 +251,20 @@ def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:
         )
     array = np.broadcast_to(array, batch_shape)
 
-    if name in ("top_k", "min_keep"):
+    if name in _INT_FIELDS:
         if not np.issubdtype(array.dtype, np.integer):
             not_integer = ~np.isfinite(array) | (array != np.round(array))
             if np.any(not_integer):
                 raise ValueError(f"{name} must be an integer, got {_first(array, not_integer)}")
+        too_large = array >= 2.0**63 if array.dtype.kind != "i" else np.zeros(array.shape, bool)
+        if np.any(too_large | (array < -(2.0**63))):
+            raise ValueError(f"{name} must be {_INT_RANGE}, got {_first(array, too_large | (array < 0))}")
         bad = array < (0 if name == "top_k" else 1)
         allowed = ">= 0 (0 disables top-k)" if name == "top_k" else ">= 1"
     elif name == "temperature":
-        bad = ~np.isfinite(array) | (array < 0)
-        allowed = "a finite number >= 0 (0 means greedy)"
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(array) | (array < 0) | (array > _FLOAT32_MAX)
+        allowed = f"a finite number >= 0 and <= {_FLOAT32_MAX:.8g}, the largest float32 (0 means greedy)"
     else:  # top_p, min_p
         bad = ~((array >= 0) & (array <= 1))  # NaN fails both comparisons
         allowed = "in [0, 1]"
@@ -153,5 +281,6 @@ def validate_params(params: SamplingParams, batch_shape: tuple[int, ...]) -> Non
                 raise ValueError(f"{name} cannot be None; use {getattr(_DEFAULTS, name)!r} instead")
             continue
         if is_tracer(value):
+            _check_dtype(name, value.dtype)
             continue
         _check(name, value, batch_shape)

@@ -63,8 +63,22 @@ def asarray(logits: Any) -> jax.Array:
     """The logits as a JAX array (tracers and arrays pass through unchanged).
 
     NumPy float64 input becomes float32 unless ``jax_enable_x64`` is on, as everywhere in JAX.
+    Input that is no numeric array (None, strings, objects, dates, ragged lists) is refused with
+    a message naming ``logits``.
     """
-    return logits if isinstance(logits, jax.Array) else jnp.asarray(logits)
+    if isinstance(logits, jax.Array):
+        return logits
+    if logits is None:
+        raise TypeError("logits must be a floating-point array of shape (..., V), got None")
+    try:
+        host = logits if hasattr(logits, "dtype") else np.asarray(logits)
+    except ValueError as error:  # NumPy refuses ragged nested sequences
+        raise ValueError(f"logits must be a rectangular array of shape (..., V); got a ragged "
+                         f"{type(logits).__name__} ({error})") from None
+    dtype = np.dtype(host.dtype)
+    if dtype.kind not in "biuf" and dtype.name != "bfloat16" and not dtype.name.startswith("float"):
+        raise TypeError(f"logits must be a floating-point array, got dtype {dtype}")
+    return jnp.asarray(logits)
 
 
 def as_key(key: Any) -> jax.Array:
@@ -76,7 +90,12 @@ def as_key(key: Any) -> jax.Array:
     if isinstance(key, (bool, np.bool_)):
         raise TypeError("key must be a jax.random.key, a PRNGKey or an int seed, got bool")
     if isinstance(key, (int, np.integer)):
-        return jax.random.key(key)
+        if -(2**63) <= key < 2**63:
+            return jax.random.key(key)
+        # A seed past 64 bits (NumPy takes any int): every bit of it, through a SeedSequence.
+        words = np.random.SeedSequence([abs(int(key)), int(key < 0)]).generate_state(
+            jax.random.key_data(jax.random.key(0)).size, np.uint32)
+        return jax.random.wrap_key_data(jnp.asarray(words))
     if isinstance(key, (jax.Array, np.ndarray)):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             return key
@@ -129,13 +148,23 @@ def _compute_dtype(dtype: Any) -> Any:
 
 def _per_row(params: SamplingParams, name: str, batch_shape: tuple[int, ...], dtype: Any) -> jax.Array:
     value = getattr(params, name)
-    value = OFF[name] if value is None else value
-    return jnp.broadcast_to(jnp.asarray(value).astype(dtype), batch_shape).reshape(-1)
+    value = jnp.asarray(OFF[name] if value is None else value)
+    if jnp.issubdtype(dtype, jnp.integer) and value.dtype != dtype and value.dtype.itemsize >= 4:
+        # Clamp before the cast, which would wrap: any count past the vocabulary keeps every token.
+        info = jnp.iinfo(dtype)
+        if jnp.issubdtype(value.dtype, jnp.unsignedinteger):
+            value = jnp.minimum(value, jnp.asarray(info.max, value.dtype))
+        elif jnp.issubdtype(value.dtype, jnp.integer):
+            value = jnp.clip(value, info.min, info.max)
+        else:  # the largest float32 below 2**31: the float int32 max rounds up to would wrap
+            value = jnp.clip(value, info.min, float(np.nextafter(np.float32(2**31), 0)))
+    return jnp.broadcast_to(value.astype(dtype), batch_shape).reshape(-1)
 
 
 def _rows_params(params: SamplingParams, batch_shape: tuple[int, ...], dtype: Any) -> _Rows:
     temperature = _per_row(params, "temperature", batch_shape, dtype)
-    greedy = ~(temperature > 0) | ~jnp.isfinite(temperature)  # also NaN, < 0 and inf
+    # Greedy also for NaN, < 0, inf, and below the smallest normal float32 (which XLA flushes to 0).
+    greedy = ~(temperature >= np.finfo(np.float32).tiny) | ~jnp.isfinite(temperature)
     top_p = _per_row(params, "top_p", batch_shape, dtype)
     min_p = _per_row(params, "min_p", batch_shape, dtype)
     return _Rows(

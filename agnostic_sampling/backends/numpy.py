@@ -55,6 +55,7 @@ GROWTH = 8  # how much the candidate list grows when a row needs more
 DENSE_HEAD = 16  # blocks in the head of a dense row's mixture draw
 CHUNK = 2**17  # logits per chunk of the row-wise passes that must stay in cache
 WIDE = 4096  # candidate lists wider than this are handled row by row, or by blocks
+TILE = 256  # rows and columns of the tiles that copy strided rows to C order
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
@@ -62,13 +63,23 @@ WIDE = 4096  # candidate lists wider than this are handled row by row, or by blo
 
 def asarray(logits: Any) -> np.ndarray:
     """The logits as a NumPy array (no copy when they already are one)."""
-    return np.asarray(logits)
+    try:
+        return np.asarray(logits)
+    except ValueError as error:  # NumPy refuses ragged nested sequences
+        raise ValueError(f"logits must be a rectangular array of shape (..., V); got a ragged "
+                         f"{type(logits).__name__} ({error})") from None
 
 
 def as_key(key: Any) -> np.random.Generator:
-    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence."""
+    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence.
+
+    Any non-negative int is a seed, however large (as for ``numpy.random.default_rng``).
+    """
     if isinstance(key, np.random.Generator):
         return key
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)) and key < 0:
+        raise ValueError(f"key must be a non-negative int seed, a numpy.random.Generator or a "
+                         f"SeedSequence, got {int(key)}")
     if isinstance(key, np.random.SeedSequence) or (
         isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_))
     ):
@@ -80,9 +91,33 @@ def as_key(key: Any) -> np.random.Generator:
 
 
 def _rows(logits: np.ndarray) -> np.ndarray:
-    """The logits as a 2-D (rows, V) array in compute precision (float32, or float64)."""
+    """The logits as a 2-D (rows, V) array in compute precision (float32, or float64).
+
+    Rows stay a view when each row is contiguous (a broadcast row, a ``model_out[:, -1]`` slice):
+    every pass reads a row as one run of memory, whatever the step between rows. Logits whose
+    rows are strided (Fortran order, a transpose) are copied once to C order, because every pass
+    over a strided row touches a cache line per logit, and row sums over it would lose NumPy's
+    pairwise summation.
+    """
     dtype = np.float64 if logits.dtype == np.float64 else np.float32
-    return logits.reshape(-1, logits.shape[-1]).astype(dtype, copy=False)
+    x = logits.reshape(-1, logits.shape[-1])  # a copy (in C order) only when no view exists
+    if x.shape[1] > 1 and x.strides[1] != x.itemsize:
+        return _c_order(x, dtype)
+    return x.astype(dtype, copy=False)
+
+
+def _c_order(x: np.ndarray, dtype: Any) -> np.ndarray:
+    """A C-ordered copy of a 2-D array whose rows are strided, tile by tile.
+
+    Both the tile read and the tile written stay in cache; one whole-array copy across layouts
+    would stride through memory on one side (measured: 2-3x slower at 256 x 50257).
+    """
+    out = np.empty(x.shape, dtype)
+    for start in range(0, x.shape[0], TILE):
+        for column in range(0, x.shape[1], TILE):
+            tile = (slice(start, start + TILE), slice(column, column + TILE))
+            out[tile] = x[tile]
+    return out
 
 
 def _row_values(value: Any, batch_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -118,8 +153,12 @@ class _Rows:
             value = getattr(params, name)
             return _row_values(OFF[name] if value is None else value, batch_shape, as_dtype)
 
+        temperature = field("temperature", dtype)
+        # A positive temperature below the smallest normal float32 is greedy, as on JAX (whose
+        # XLA flushes it to 0): the limit of T -> 0.
+        temperature = np.where(temperature < np.finfo(np.float32).tiny, 0, temperature).astype(dtype)
         return cls(
-            temperature=field("temperature", dtype),
+            temperature=temperature,
             top_k=field("top_k", np.int64),
             top_p=field("top_p", np.float64),
             min_p=field("min_p", dtype),
@@ -535,18 +574,27 @@ def _tempered_into(out: np.ndarray, x: np.ndarray, rows: np.ndarray, row_max: np
 
 
 def _subtract_rows(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, out: np.ndarray) -> None:
-    """``out = x[rows] - row_max[:, None]`` in one pass (no copy of a single row first)."""
+    """``out = x[rows] - row_max[:, None]`` in one pass (no copy of a single row first).
+
+    ``np.take`` copies a source that is not C-contiguous whole before taking from it, so rows of
+    a view (a broadcast or sliced batch) are gathered by indexing, which reads only those rows.
+    """
     if rows.size == 1:
         np.subtract(x[rows[0]], row_max[0], out=out[0])
-    else:
+        return
+    if x.flags.c_contiguous:
         np.take(x, rows, axis=0, out=out)
-        out -= row_max[:, None]
+    else:
+        out[...] = x[rows]
+    out -= row_max[:, None]
 
 
-def _tempered(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray) -> np.ndarray:
-    """``(x - max) / T`` per row, in a new array; rows with ``T == 0`` give 0 at the max."""
+def _tempered(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
+              in_place: bool = False) -> np.ndarray:
+    """``(x - max) / T`` per row, in a new C-ordered array (or in ``x``, a C-ordered array of
+    the backend's own, with ``in_place``); rows with ``T == 0`` give 0 at the max."""
     safe = np.where(temperature == 0, 1, temperature).astype(x.dtype)
-    out = np.subtract(x, row_max[:, None])
+    out = np.subtract(x, row_max[:, None], out=x if in_place else None, order="C")
     out /= safe[:, None]
     return out
 
@@ -571,7 +619,8 @@ def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarr
     kept, status = _pipeline(x, prm)
     if kept is None:
         return None, status.reshape(batch_shape)
-    out = _tempered(x, kept.row_max, prm.temperature)
+    # A copy made by `_rows` (strided rows, a narrower dtype) is the output's buffer.
+    out = _tempered(x, kept.row_max, prm.temperature, in_place=not np.may_share_memory(x, logits))
     cut = kept.cut[:, None]
     if np.any(cut > -np.inf):
         np.copyto(out, -np.inf, where=out < cut)
@@ -658,7 +707,7 @@ def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max:
     maybe_tail = np.flatnonzero(~in_head)
     for part in _row_chunks(maybe_tail.size, x.shape[1]):  # rare: the tail's exact weights decide
         some = maybe_tail[part]
-        weight = _tempered(x[rows[some]], row_max[some], temperature[some])
+        weight = _tempered(x[rows[some]], row_max[some], temperature[some], in_place=True)
         np.exp(weight, out=weight)
         tail = _without(weight, head.index[some], head.logit[some]).sum(axis=-1, dtype=np.float64)
         in_head[some] = uniform[some, 0] * (head_mass[some] + tail) < head_mass[some]

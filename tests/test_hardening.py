@@ -1,0 +1,297 @@
+"""Defects found by fuzzing and by real clients (issue "Hardening"), one regression test each.
+
+Layouts: every view of the logits that NumPy can hand over (a broadcast row, a ``[:, -1]`` slice
+of a model's output, Fortran order, a transpose) gives the draws of a contiguous copy, at the cost
+of a contiguous copy: no pass copies the whole batch per chunk of rows.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+
+import agnostic_sampling as smp
+from agnostic_sampling.backends import numpy as nb
+
+
+def _broadcast(c: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(c[:1], c.shape)
+
+
+def _sliced(c: np.ndarray) -> np.ndarray:
+    out = np.zeros((c.shape[0], 3, c.shape[1]), c.dtype)
+    out[:, -1] = c
+    return out[:, -1]
+
+
+def _fortran(c: np.ndarray) -> np.ndarray:
+    return np.asfortranarray(c)
+
+
+def _transposed(c: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(c.T).T
+
+
+def _transposed_3d(c: np.ndarray) -> np.ndarray:  # (2, B/2, V) read as (B/2, 2, V)
+    return np.ascontiguousarray(c.reshape(2, -1, c.shape[1]).transpose(1, 0, 2)).transpose(1, 0, 2)
+
+
+def _every_other_token(c: np.ndarray) -> np.ndarray:
+    out = np.zeros((c.shape[0], 2 * c.shape[1]), c.dtype)
+    out[:, ::2] = c
+    return out[:, ::2]
+
+
+LAYOUTS = {"broadcast": _broadcast, "sliced": _sliced, "fortran": _fortran, "transposed": _transposed,
+           "transposed_3d": _transposed_3d, "every_other_token": _every_other_token}
+VIEWS = ("broadcast", "sliced")  # layouts whose rows are contiguous: never copied at all
+
+
+def _logits(rows: int, vocab: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((rows, vocab)) * rng.uniform(0.3, 3, (rows, 1))).astype(np.float32)
+
+
+PARAMS = [
+    {},
+    {"top_p": 0.9},
+    {"top_p": 0.5, "temperature": 1.5},
+    {"top_k": 40, "temperature": 0.7},
+    {"min_p": 0.05},
+    {"temperature": np.array([0.0, 1.0] * 32, np.float32), "top_p": 0.95},
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("params", PARAMS, ids=lambda p: ",".join(p) or "dense")
+def test_every_layout_draws_what_a_contiguous_copy_draws(layout, params):
+    x = LAYOUTS[layout](_logits(64, 3000))
+    if x.ndim == 3:
+        params = {k: np.reshape(v, x.shape[:-1]) if np.ndim(v) else v for k, v in params.items()}
+    contiguous = np.ascontiguousarray(x)
+    assert not np.shares_memory(x, contiguous)
+    for seed in (0, 1):
+        np.testing.assert_array_equal(smp.sample(seed, x, **params), smp.sample(seed, contiguous, **params))
+    np.testing.assert_array_equal(smp.process_logits(x, **params), smp.process_logits(contiguous, **params))
+    np.testing.assert_array_equal(smp.greedy(x), smp.greedy(contiguous))
+
+
+class _TakeSources:
+    """Records the sources of every ``np.take`` call that are not C-contiguous: NumPy copies
+    such a source whole on every call, which made chunked passes quadratic in the batch."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.strided: list[tuple[int, ...]] = []
+        original = np.take
+
+        def take(a: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+                self.strided.append(a.shape)
+            return original(a, *args, **kwargs)
+
+        monkeypatch.setattr(np, "take", take)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_pass_copies_the_whole_batch_per_chunk(layout, monkeypatch):
+    rows, vocab = 64, 16384  # 8 rows per chunk of the row-wise passes
+    x = LAYOUTS[layout](_logits(rows, vocab, seed=3))
+    chunked = []  # the row-wise chunked passes must run for this test to mean anything
+    original = nb._subtract_rows
+
+    def subtract_rows(source: np.ndarray, some: np.ndarray, *args: Any, **kwargs: Any) -> None:
+        chunked.append(some.size)
+        original(source, some, *args, **kwargs)
+
+    monkeypatch.setattr(nb, "_subtract_rows", subtract_rows)
+    take = _TakeSources(monkeypatch)
+    ids, peak = _peak_memory(lambda: smp.sample(0, x))  # dense rows whose mass bounds need a pass
+    assert max(chunked) > 1 and len(chunked) > 2
+    assert take.strided == []
+    contiguous = np.ascontiguousarray(x)
+    contiguous_ids, contiguous_peak = _peak_memory(lambda: smp.sample(0, contiguous))
+    # A view is never copied; other layouts are copied once, to C order.
+    allowed = contiguous_peak + (0.05 if layout in VIEWS else 1.05) * x.nbytes
+    assert peak < allowed, (peak / x.nbytes, contiguous_peak / x.nbytes)
+    np.testing.assert_array_equal(ids, contiguous_ids)
+
+
+def _peak_memory(call: Any) -> tuple[Any, int]:
+    """``call()`` and the peak of the memory that NumPy and Python allocated during it."""
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", *LAYOUTS])
+def test_probs_rows_sum_to_one_in_every_layout(layout):
+    c = _logits(4, 128256, seed=4)
+    x = c if layout == "contiguous" else LAYOUTS[layout](c)
+    for params in ({}, {"temperature": 0.5}, {"top_p": 0.99}):
+        sums = smp.probs(x, **params).astype(np.float64).sum(axis=-1)
+        assert np.abs(sums - 1).max() < 1e-6, (params, np.abs(sums - 1).max())
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter values: one rule on both backends
+
+LOGITS = np.array([[1.0, 2.0, 3.0, 0.5], [0.0, -1.0, 4.0, 3.9]], np.float32)
+
+
+@pytest.mark.parametrize("name", ["top_k", "min_keep"])
+@pytest.mark.parametrize("value", [2**31, 2**32 + 1, 2**40, 2**63 - 1, np.int64(2**62), np.uint64(2**63 - 5),
+                                   float(2**40), np.array([2**33, 2**35])])
+def test_counts_past_the_vocabulary_keep_every_token(backend, name, value):
+    kept = backend.probs(LOGITS, temperature=100.0, **{name: value}) > 0
+    assert kept.all()
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**70, 1e20, np.uint64(2**64 - 1),
+                                   np.array([3.0, 1e19])])
+@pytest.mark.parametrize("name", ["top_k", "min_keep"])
+def test_counts_past_int64_name_the_parameter(eager_backend, name, value):
+    with pytest.raises(ValueError, match=rf"{name} must be an integer in \[-2\*\*63, 2\*\*63\).*got "):
+        smp.sample(eager_backend.key(0), eager_backend.array(LOGITS), **{name: value})
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_k", "top_p", "min_p", "min_keep"])
+@pytest.mark.parametrize("value", [1 + 0j, np.complex64(0.5), np.array([0.5 + 1j, 1.0])])
+def test_complex_parameters_are_a_type_error(eager_backend, name, value):
+    with pytest.raises(TypeError, match=f"{name} must be real"):
+        smp.probs(eager_backend.array(LOGITS), **{name: value})
+
+
+def test_complex_parameters_are_a_type_error_under_jit():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    with pytest.raises(TypeError, match="temperature must be real"):
+        jax.jit(lambda t: smp.probs(jnp.asarray(LOGITS), temperature=t))(jnp.complex64(1))
+
+
+@pytest.mark.parametrize("temperature", [1e-44, 1e-40, 1e-38, 1.1754942e-38])
+def test_subnormal_temperatures_are_greedy(backend, temperature):
+    kept = backend.probs(LOGITS, temperature=np.float32(temperature))
+    np.testing.assert_array_equal(kept, np.eye(4, dtype=np.float32)[[2, 2]])
+    ids = backend.sample(backend.key(0), LOGITS, temperature=np.float32(temperature))
+    np.testing.assert_array_equal(ids, [2, 2])
+    z = backend.process_logits(LOGITS, temperature=np.float32(temperature))
+    assert not np.isnan(z).any()
+    # The smallest normal float32 is a temperature like any other.
+    assert (backend.probs(LOGITS[:, :2] * 0, temperature=np.float32(1.1754944e-38)) > 0).all()
+
+
+def test_temperatures_past_float32_are_an_error_eagerly_and_greedy_under_jit(eager_backend):
+    pattern = r"temperature must be a finite number >= 0 and <= 3\.4028235e\+38.*1e\+39"
+    with pytest.raises(ValueError, match=pattern):
+        smp.sample(eager_backend.key(0), eager_backend.array(LOGITS), temperature=1e39)
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    with warnings.catch_warnings():  # JAX's own cast of the float64 argument to float32 overflows
+        warnings.simplefilter("ignore")
+        ids = jax.jit(lambda t: smp.sample(0, jnp.asarray(LOGITS), temperature=t))(np.float64(1e39))
+    np.testing.assert_array_equal(ids, [2, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# Messages that name the argument
+
+
+@pytest.mark.parametrize("bad", [np.array(["a", "b"]), np.array([object(), 1.0], dtype=object),
+                                 np.array(["2020-01-01", "2020-01-02"], "datetime64[D]")],
+                         ids=["str", "object", "datetime64"])
+@pytest.mark.parametrize("name", ["numpy", "jax"])
+def test_logits_of_no_numeric_dtype(name, bad):
+    if name == "jax":
+        pytest.importorskip("jax")
+    with pytest.raises(TypeError, match=r"logits must be a floating-point array, got dtype"):
+        smp.sample(0, bad, backend=name)
+
+
+@pytest.mark.parametrize("name", ["numpy", "jax"])
+def test_ragged_and_missing_logits(name):
+    if name == "jax":
+        pytest.importorskip("jax")
+    with pytest.raises(ValueError, match=r"logits must be a rectangular array .*; got a ragged list"):
+        smp.probs([[1.0, 2.0], [3.0]], backend=name)
+    with pytest.raises(TypeError, match=r"logits must be a floating-point array .*, got None"):
+        smp.sample(0, None, backend=name)
+
+
+def test_negative_numpy_seed():
+    with pytest.raises(ValueError, match="key must be a non-negative int seed.*got -1"):
+        smp.sample(-1, LOGITS)
+
+
+def test_seeds_past_64_bits_on_both_backends():
+    jnp = pytest.importorskip("jax.numpy")
+    for seed in (2**70, 2**64, -(2**70)):
+        ids = smp.sample(seed, jnp.asarray(LOGITS), temperature=5.0)
+        assert ids.shape == (2,)
+    flat = jnp.zeros((64, 1000))
+    big = [np.asarray(smp.sample(seed, flat)) for seed in (2**70, 2**70 + 1)]
+    assert (big[0] != big[1]).any()  # every bit of the seed counts
+    np.testing.assert_array_equal(smp.sample(2**70, LOGITS), smp.sample(np.random.default_rng(2**70), LOGITS))
+
+
+# --------------------------------------------------------------------------------------------
+# SamplingParams: one trace in a user's own jit
+
+
+def test_sampling_params_share_one_trace_in_a_users_jit():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    traces = []
+
+    @jax.jit
+    def step(params: smp.SamplingParams, logits: Any) -> Any:
+        traces.append(1)
+        return smp.probs(logits, params=params)
+
+    logits = jnp.asarray(LOGITS)
+    spellings = [
+        dict(temperature=0.8, top_k=2, top_p=0.9),
+        dict(temperature=jnp.array(0.8), top_k=jnp.array(2), top_p=jnp.array(0.9)),
+        dict(temperature=jnp.full((), 0.7), top_k=jnp.full((), 3), top_p=jnp.full((), 0.5)),
+        dict(temperature=1, top_k=3, top_p=1),
+        dict(temperature=np.float32(0.5), top_k=np.int64(2), top_p=np.float64(0.3)),
+        dict(temperature=jnp.bfloat16(0.5), top_k=jnp.uint32(2**32 - 1), top_p=jnp.float16(0.5)),
+        dict(temperature=2.0, top_k=2**40, top_p=0.99, min_keep=np.uint8(1)),
+        dict(temperature=0, top_k=2.0, top_p=np.array(0.9), min_keep=jnp.int8(2)),
+    ]
+    for spelling in spellings:
+        params = smp.SamplingParams(**spelling)
+        expected = smp.probs(LOGITS, params=smp.SamplingParams(**{k: np.asarray(v, np.float64) if k in (
+            "temperature", "top_p") else np.minimum(np.asarray(v, np.float64), 2**31 - 1).astype(np.int64)
+            for k, v in spelling.items()}))
+        np.testing.assert_allclose(step(params, logits), expected, rtol=2e-6, atol=1e-7)
+    assert len(traces) == 1
+    # Per-row arrays of one batch shape share one other trace.
+    step(smp.SamplingParams(temperature=np.array([0.5, 1.0]), top_k=[1, 2], top_p=jnp.ones(2)), logits)
+    step(smp.SamplingParams(temperature=jnp.array([1, 2]), top_k=jnp.array([1, 2], jnp.int16),
+                            top_p=[0.5, 1]), logits)
+    assert len(traces) == 2
+
+
+def test_sampling_params_keep_eager_errors_and_import_no_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys, agnostic_sampling as smp; p = smp.SamplingParams(temperature=0.5, top_k=3);"
+            "print(type(p.temperature).__name__, p.temperature.dtype, p.top_k.dtype, 'jax' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["ndarray", "float64", "int64", "False"], result.stderr
+    for value, error in ((float("nan"), "got nan"), (-1.0, "got -1.0"), (1 + 2j, "complex")):
+        with pytest.raises((ValueError, TypeError), match=error):
+            smp.sample(0, LOGITS, params=smp.SamplingParams(temperature=value))
+    with pytest.raises(ValueError, match=r"top_k must be an integer, got 2\.5"):
+        smp.sample(0, LOGITS, params=smp.SamplingParams(top_k=2.5))
