@@ -52,9 +52,9 @@ def sample(
 ) -> Any:
     """Draw one token id per row from the processed distribution of ``logits``.
 
-    The pipeline is temperature, top-k, top-p, min-p (SPEC section 3), each step optional and
-    each parameter a scalar or a per-row array. The draw is exact: a token outside the kept set
-    is never returned.
+    The pipeline is temperature, top-k, top-p, min-p (the README's "Semantics" section), each
+    step optional and each parameter a scalar or a per-row array. The draw is exact: a token
+    outside the kept set is never returned.
 
     Args:
         key: NumPy backend: a ``numpy.random.Generator``, an ``int`` seed or a ``SeedSequence``.

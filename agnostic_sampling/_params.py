@@ -1,7 +1,7 @@
 """`SamplingParams` and the validation of every sampling parameter.
 
 Validation is pure Python and NumPy on *concrete* values. Traced JAX values cannot be inspected;
-they pass through unchanged and the JAX backend applies the traced policy of SPEC section 4
+they pass through unchanged and the JAX backend applies the traced policy of the README's "Bad input" table
 (clip, treat as disabled, treat as greedy).
 """
 
@@ -273,7 +273,7 @@ def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:
 
 
 def validate_params(params: SamplingParams, batch_shape: tuple[int, ...]) -> None:
-    """Check every concrete field of ``params`` against SPEC section 4; skip traced ones."""
+    """Check every concrete field of ``params`` against the README's "Bad input" table; skip traced ones."""
     for name in FIELDS:
         value = getattr(params, name)
         if value is None:

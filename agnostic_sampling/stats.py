@@ -1,7 +1,7 @@
-"""Statistical verification of samplers (SPEC section 6).
+"""Statistical verification of samplers.
 
-`reference_probs` is the oracle: the pipeline of SPEC section 3 in float64, one row at a time,
-sort-based and written for clarity. It shares no code with the fast backends.
+`reference_probs` is the oracle: the pipeline of the README's "Semantics" section in float64,
+one row at a time, sort-based and written for clarity. It shares no code with the fast backends.
 
 The rest checks that draws come from a distribution. `chisquare_gof` is Pearson's test on cells
 pooled from the expected probabilities and the sample count only (pooling on the observed counts

@@ -56,7 +56,8 @@ def cast(x: np.ndarray, dtype: str) -> np.ndarray:
 def assert_away_from_boundaries(logits: np.ndarray, params: dict) -> None:
     """The test's own premise: no token is within 1e-4 (relative) of a top-p or min-p cut.
 
-    SPEC section 3 lets a backend decide such a token either way, so the test logits avoid them.
+    The README's "Semantics" section lets a backend decide such a token either way, so the test
+    logits avoid them.
     """
     support = reference_probs(logits, **params) > 0
     for name in ("top_p", "min_p"):

@@ -1,4 +1,5 @@
-"""Bad input (SPEC section 4): clear errors naming the parameter, the value, the range, the row."""
+"""Bad input (the README's "Bad input" table): clear errors naming the parameter, the value,
+the range, the row."""
 
 from __future__ import annotations
 

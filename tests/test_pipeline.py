@@ -1,4 +1,5 @@
-"""The pipeline's semantics (SPEC section 3) on every backend, against closed forms and the oracle."""
+"""The pipeline's semantics (the README's "Semantics" section) on every backend, against
+closed forms and the oracle."""
 
 from __future__ import annotations
 
