@@ -13,6 +13,7 @@ from agnostic_sampling._api import probs
 from agnostic_sampling._api import process_logits
 from agnostic_sampling._api import sample
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._seed import Seed
 from agnostic_sampling.generate import GenerateResult
 from agnostic_sampling.generate import generate
 from agnostic_sampling.generate import generate_with_state
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GenerateResult",
     "SamplingParams",
+    "Seed",
     "generate",
     "generate_with_state",
     "greedy",

@@ -55,12 +55,12 @@ def _check_key(key: Any, module: Any, array: Any) -> Any:
     )
     if name == "numpy" and is_jax_array(key):
         raise TypeError(
-            f"key is a JAX key but {why}; pass a numpy.random.Generator, an int or a "
-            "SeedSequence, or JAX logits (or backend='jax')"
+            f"key is a JAX key but {why}; pass a numpy.random.Generator, an int, a "
+            "SeedSequence or a Seed, or JAX logits (or backend='jax')"
         )
     if name == "jax" and isinstance(key, (np.random.Generator, np.random.SeedSequence)):
         raise TypeError(
-            f"key is a {type(key).__name__} but {why}; pass a jax.random.key, a PRNGKey or an int"
+            f"key is a {type(key).__name__} but {why}; pass a jax.random.key, a PRNGKey, an int or a Seed"
         )
     return module.as_key(key)
 
@@ -110,6 +110,7 @@ def sample(
     Args:
         key: NumPy backend: a ``numpy.random.Generator``, an ``int`` seed or a ``SeedSequence``.
             JAX backend: a ``jax.random.key``, a legacy ``PRNGKey``, an ``int``, or one key per row.
+            Either backend: a `Seed` (per-row seed and position; the same uniforms on both).
         logits: array of shape ``(..., V)``, float16, bfloat16, float32 or float64.
         temperature: ``0`` makes a row greedy; ``1`` leaves it unchanged.
         top_k: keep the ``k`` most likely tokens and all tokens tied with the k-th; ``0`` disables.

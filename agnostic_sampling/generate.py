@@ -22,7 +22,10 @@ One draw per row per position, at every position where some row samples (positio
 row is still reading its prompt or has finished draw nothing). NumPy: a ``Generator`` made from
 ``key`` (or ``key`` itself) is consumed in order, one `sample` call per such position. JAX: the
 draw at position ``t`` uses ``jax.random.fold_in(key, t)``. Both forms of the loop therefore give
-the same ids for the same key, and the same key always gives the same ids.
+the same ids for the same key, and the same key always gives the same ids. A `Seed` is never
+split: the token written at index ``j`` of ``ids`` is drawn with ``Seed(seed, position + j)``
+on both backends, so NumPy and JAX give the same tokens, and each row the tokens it would get
+decoded alone.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import register_pytree
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
+from agnostic_sampling._seed import SeedWords
+from agnostic_sampling._seed import advance
+from agnostic_sampling._seed import is_seed
+from agnostic_sampling._seed import to_words
 
 __all__ = ["GenerateResult", "generate", "generate_with_state"]
 
@@ -112,7 +119,8 @@ def generate(
 
     Args:
         key: NumPy: a ``numpy.random.Generator`` (consumed), an ``int`` seed or a ``SeedSequence``.
-            JAX: a ``jax.random.key``, a legacy ``PRNGKey`` or an ``int``.
+            JAX: a ``jax.random.key``, a legacy ``PRNGKey`` or an ``int``. Either: a `Seed`
+            (per row or scalar); the token at index ``j`` of ``ids`` uses ``position + j``.
         model: ``(B, t)`` integer ids -> ``(B, t, V)`` logits.
         prompt: ``(B, P)`` integer ids, right-padded when rows differ in length (see
             ``prompt_lengths``). The backend follows its type, as for `sample`.
@@ -316,6 +324,11 @@ def _jnp() -> Any:
 
 def _key(key: Any, backend: str, prompt: Any) -> Any:
     """The backend's random state from ``key``; the other backend's keys are refused."""
+    if is_seed(key):  # one (seed, position) per row, advanced per position by the loop
+        xp = np if backend == "numpy" else _jnp()
+        words = to_words(key, xp)
+        return SeedWords(*(_seed_rows(name, word, prompt.shape[0], xp) for name, word in
+                           zip(("seed", "seed", "position", "position"), words, strict=True)))
     kind = f"{type(prompt).__module__}.{type(prompt).__name__}"
     why = f"the {backend} backend was chosen because prompt is a {kind}"
     if backend == "numpy":
@@ -331,6 +344,14 @@ def _key(key: Any, backend: str, prompt: Any) -> Any:
 
         return jax.random.key(int(key))
     return key
+
+
+def _seed_rows(name: str, word: Any, batch: int, xp: Any) -> Any:
+    """One word per prompt row (so scalar and per-row seeds share the compiled JAX loop)."""
+    if np.ndim(word) > 1 or np.shape(word) not in ((), (1,), (batch,)):
+        raise ValueError(f"Seed.{name} has shape {tuple(np.shape(word))}; generate needs a scalar or "
+                         f"one value per prompt row ({batch},)")
+    return xp.broadcast_to(word, (batch,))
 
 
 def _wrong_shape(what: str, got: tuple[int, ...], expected: str, fed: str) -> ValueError:
@@ -393,7 +414,8 @@ class _NumpyLoop:
             if not taking.any():
                 continue  # every row is reading its prompt (a step's prefill) or has finished
             try:
-                tokens = sample(plan.key, logits, params=plan.params, backend="numpy")
+                key = advance(plan.key, t + 1, np) if isinstance(plan.key, SeedWords) else plan.key
+                tokens = sample(key, logits, params=plan.params, backend="numpy")
             except ValueError as error:  # bad logits: say which step of the loop produced them
                 raise ValueError(f"the logits for position {t + 1} (fed through position {t}): "
                                  f"{error}") from error
@@ -504,7 +526,8 @@ def _decode_jax(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos
         taking = ~finished & (lengths <= t + 1)
 
         def draw() -> tuple[Any, Any]:
-            tokens = sample(jax.random.fold_in(key, t), logits, params=params, backend="jax")
+            step_key = advance(key, t + 1, jnp) if isinstance(key, SeedWords) else jax.random.fold_in(key, t)
+            tokens = sample(step_key, logits, params=params, backend="jax")
             if logprobs is None:
                 return tokens, jnp.zeros(batch, jnp.float32)
             return tokens, _token_logprobs(logits, tokens, params).astype(jnp.float32)

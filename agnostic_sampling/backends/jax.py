@@ -64,12 +64,18 @@ from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import register_pytree
+from agnostic_sampling._seed import SeedWords
+from agnostic_sampling._seed import is_seed
+from agnostic_sampling._seed import register_pytree as register_seed_pytree
+from agnostic_sampling._seed import to_words
+from agnostic_sampling._seed import uniforms
 from agnostic_sampling.backends import ROW_NAN
 from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 
 register_pytree()
+register_seed_pytree()
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
@@ -83,12 +89,15 @@ def asarray(logits: Any) -> jax.Array:
     return logits if isinstance(logits, jax.Array) else jnp.asarray(logits)
 
 
-def as_key(key: Any) -> jax.Array:
-    """A typed JAX key array from a ``jax.random.key``, a legacy ``PRNGKey``, or an int seed.
+def as_key(key: Any) -> jax.Array | SeedWords:
+    """A typed JAX key array from a ``jax.random.key``, a legacy ``PRNGKey``, or an int seed; a
+    `Seed`'s words from a `Seed`.
 
     A batch of keys (shape ``batch_shape``, or ``batch_shape + (2,)`` for legacy uint32 keys)
     gives one key per row.
     """
+    if is_seed(key):
+        return to_words(key, jnp)
     if isinstance(key, (bool, np.bool_)):
         raise TypeError("key must be a jax.random.key, a PRNGKey or an int seed, got bool")
     if isinstance(key, (int, np.integer)):
@@ -104,8 +113,8 @@ def as_key(key: Any) -> jax.Array:
     if hasattr(key, "dtype"):
         described += f" of dtype {key.dtype} and shape {key.shape}"
     raise TypeError(
-        "key must be a jax.random.key, a legacy PRNGKey (uint32 of shape (..., 2)) or an int seed, "
-        f"got {described}"
+        "key must be a jax.random.key, a legacy PRNGKey (uint32 of shape (..., 2)), an int seed or "
+        f"a Seed, got {described}"
     )
 
 
@@ -679,8 +688,11 @@ def _uniform(key: jax.Array, batch_shape: tuple[int, ...], dtype: Any) -> jax.Ar
     """One uniform in ``[0, 1)`` per row: one stream for the batch, or one per row's own key.
 
     A row of a batch drawn with one key of its own gets exactly what that key gives a batch of
-    one row, so per-row keys make draws batch-invariant.
+    one row, so per-row keys make draws batch-invariant. A `Seed`'s words give each row its own
+    float32 uniform, the NumPy backend's bit for bit.
     """
+    if isinstance(key, SeedWords):
+        return uniforms(key, batch_shape, jnp).reshape(-1).astype(dtype)
     rows = int(np.prod(batch_shape))
     if key.shape == ():
         return jax.random.uniform(key, (rows,), dtype)
