@@ -61,8 +61,11 @@ class Seed:
     Values are checked when the key is used: a negative value, a value of ``2**64`` or more, a
     non-integer dtype, or a shape that does not broadcast to the batch is an error. Traced values
     (inside ``jax.jit``) cannot be checked; there a negative value is read as its two's
-    complement. Rows with the same (seed, position) get the same uniform, so give each request
-    its own seed.
+    complement. Without ``jax_enable_x64``, ``jax.jit`` turns 64-bit integer arguments into
+    32-bit ones before this package sees them, so values passed into your own jitted function
+    must stay below ``2**32`` (`sample` and `generate` called outside ``jit`` take the full
+    range). Rows with the same (seed, position) get the same uniform, so give each request its
+    own seed.
 
     On JAX this class is a pytree (registered once JAX is in use): both fields are traced data,
     so new seeds and positions never recompile.

@@ -32,6 +32,9 @@ row that those do not settle either pays for the exponentials (`_outside_mass_ex
   computes ``R`` exactly, and draws from the tail if ``u`` says so. A second uniform picks the
   token inside the chosen part by inverse CDF. Each token ``i`` is drawn with probability
   ``exp(z_i) / (H + R)``: exactly, whatever the variates.
+- With a `Seed` key, every row draws as the JAX backend does instead: one uniform, inverse CDF
+  over the kept set in token-id order (a dense row pays an exponential over its whole row), so
+  that the same uniform picks the same token on both backends.
 """
 
 from __future__ import annotations
