@@ -13,6 +13,7 @@ from agnostic_sampling._api import probs
 from agnostic_sampling._api import process_logits
 from agnostic_sampling._api import sample
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._seed import Seed
 from agnostic_sampling._speculative import DraftVerification
 from agnostic_sampling._speculative import verify_draft
 from agnostic_sampling.generate import GenerateResult
@@ -25,6 +26,7 @@ __all__ = [
     "DraftVerification",
     "GenerateResult",
     "SamplingParams",
+    "Seed",
     "generate",
     "generate_with_state",
     "greedy",

@@ -59,6 +59,7 @@ def sample(
     Args:
         key: NumPy backend: a ``numpy.random.Generator``, an ``int`` seed or a ``SeedSequence``.
             JAX backend: a ``jax.random.key``, a legacy ``PRNGKey``, an ``int``, or one key per row.
+            Either backend: a `Seed` (per-row seed and position; the same uniforms on both).
         logits: array of shape ``(..., V)``, float16, bfloat16, float32 or float64.
         temperature: ``0`` makes a row greedy; ``1`` leaves it unchanged.
         top_k: keep the ``k`` most likely tokens and all tokens tied with the k-th; ``0`` disables.

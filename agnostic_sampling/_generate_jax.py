@@ -2,7 +2,7 @@
 
 Imported by ``generate.py`` only when the JAX backend is chosen. The request arrives validated;
 every position calls the JAX backend's ``sample`` (and ``process_logits`` for log-probabilities)
-directly, with the key ``jax.random.fold_in(key, t)``.
+directly, with the key ``jax.random.fold_in(key, t)`` (a `Seed`: its position advanced by ``t + 1``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from agnostic_sampling._decode import wrong_shape
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._seed import SeedWords
+from agnostic_sampling._seed import advance
 from agnostic_sampling.backends import jax as backend
 
 __all__ = ["run"]
@@ -99,7 +101,8 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos: A
 
         def draw() -> tuple[Any, Any]:
             # statuses are traced: a bad row gives token -1, as in a jitted `sample`
-            tokens, _ = backend.sample(jax.random.fold_in(key, t), logits, params)
+            step_key = advance(key, t + 1, jnp) if isinstance(key, SeedWords) else jax.random.fold_in(key, t)
+            tokens, _ = backend.sample(step_key, logits, params)
             if logprobs is None:
                 return tokens, jnp.zeros(batch, jnp.float32)
             processed, _ = backend.process_logits(logits, params)

@@ -39,9 +39,9 @@ def as_backend_key(key: Any, module: ModuleType, given: Any, argument: str = "lo
     why = f"the {name} backend was chosen because {argument} is a {kind}"
     if name == "numpy" and is_jax_array(key):
         other = "JAX logits" if argument == "logits" else f"a JAX {argument}"
-        raise TypeError(f"key is a JAX key but {why}; pass a numpy.random.Generator, an int or a "
-                        f"SeedSequence, or {other} (or backend='jax')")
+        raise TypeError(f"key is a JAX key but {why}; pass a numpy.random.Generator, an int, a "
+                        f"SeedSequence or a Seed, or {other} (or backend='jax')")
     if name == "jax" and isinstance(key, (np.random.Generator, np.random.SeedSequence)):
         raise TypeError(f"key is a {type(key).__name__} but {why}; "
-                        "pass a jax.random.key, a PRNGKey or an int")
+                        "pass a jax.random.key, a PRNGKey, an int or a Seed")
     return module.as_key(key)

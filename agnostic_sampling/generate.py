@@ -26,7 +26,10 @@ One draw per row per position, at every position where some row samples (positio
 row is still reading its prompt or has finished draw nothing). NumPy: a ``Generator`` made from
 ``key`` (or ``key`` itself) is consumed in order, as by one `sample` call per such position. JAX:
 the draw at position ``t`` uses ``jax.random.fold_in(key, t)``. Both forms of the loop therefore
-give the same ids for the same key, and the same key always gives the same ids.
+give the same ids for the same key, and the same key always gives the same ids. A `Seed` is never
+split: the token written at index ``j`` of ``ids`` is drawn with ``Seed(seed, position + j)``
+on both backends, so NumPy and JAX give the same tokens, and each row the tokens it would get
+decoded alone.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
+from agnostic_sampling._seed import SeedWords
+from agnostic_sampling._seed import advance
+from agnostic_sampling._seed import per_row
 from agnostic_sampling.backends import numpy as numpy_backend
 
 __all__ = ["GenerateResult", "generate", "generate_with_state"]
@@ -118,7 +124,8 @@ def generate(
 
     Args:
         key: NumPy: a ``numpy.random.Generator`` (consumed), an ``int`` seed or a ``SeedSequence``.
-            JAX: a ``jax.random.key``, a legacy ``PRNGKey`` or an ``int``.
+            JAX: a ``jax.random.key``, a legacy ``PRNGKey`` or an ``int``. Either: a `Seed`
+            (per row or scalar); the token at index ``j`` of ``ids`` uses ``position + j``.
         model: ``(B, t)`` integer ids -> ``(B, t, V)`` logits.
         prompt: ``(B, P)`` integer ids, right-padded when rows differ in length (see
             ``prompt_lengths``). The backend follows its type, as for `sample`.
@@ -287,6 +294,8 @@ def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: An
     validate_params(resolved, (batch,))
     lengths = module.asarray(_lengths(prompt_lengths, batch, width, name))
     rng = as_backend_key(key, module, prompt, argument="prompt")
+    if isinstance(rng, SeedWords):  # one (seed, position) per row, advanced per position by the loop
+        rng = per_row(rng, batch, np if name == "numpy" else module.jnp)
     return Request(name, rng, prompt, lengths, max_new_tokens, eos_id, pad_id, bool(return_logprobs),
                    resolved)
 
@@ -358,7 +367,8 @@ class _NumpyLoop:
         request = self.request
         try:
             check_logits(logits)
-            tokens, status = numpy_backend.sample(request.key, logits, request.params)
+            key = advance(request.key, t + 1, np) if isinstance(request.key, SeedWords) else request.key
+            tokens, status = numpy_backend.sample(key, logits, request.params)
             raise_bad_rows(status, logits.shape)
         except ValueError as error:
             raise ValueError(f"the logits for position {t + 1} (fed through position {t}): "

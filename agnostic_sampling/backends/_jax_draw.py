@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from agnostic_sampling._seed import SeedWords
+from agnostic_sampling._seed import uniforms
 from agnostic_sampling.backends._jax_common import _block_width
 from agnostic_sampling.backends._jax_common import _count
 
@@ -28,8 +30,11 @@ def _uniform(key: jax.Array, batch_shape: tuple[int, ...], dtype: Any) -> jax.Ar
     """One uniform in ``[0, 1)`` per row: one stream for the batch, or one per row's own key.
 
     A row of a batch drawn with one key of its own gets exactly what that key gives a batch of
-    one row, so per-row keys make draws batch-invariant.
+    one row, so per-row keys make draws batch-invariant. A `Seed`'s words give each row its own
+    float32 uniform, the NumPy backend's bit for bit.
     """
+    if isinstance(key, SeedWords):
+        return uniforms(key, batch_shape, jnp).reshape(-1).astype(dtype)
     rows = int(np.prod(batch_shape))
     if key.shape == ():
         return jax.random.uniform(key, (rows,), dtype)

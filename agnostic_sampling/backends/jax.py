@@ -29,6 +29,10 @@ from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import register_pytree
+from agnostic_sampling._seed import SeedWords
+from agnostic_sampling._seed import is_seed
+from agnostic_sampling._seed import register_pytree as register_seed_pytree
+from agnostic_sampling._seed import to_words
 from agnostic_sampling.backends import ROW_NAN
 from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
@@ -54,6 +58,7 @@ from agnostic_sampling.backends._jax_search import _take_rows
 from agnostic_sampling.backends._jax_search import _threshold
 
 register_pytree()
+register_seed_pytree()
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
@@ -81,12 +86,15 @@ def asarray(logits: Any) -> jax.Array:
     return jnp.asarray(logits)
 
 
-def as_key(key: Any) -> jax.Array:
-    """A typed JAX key array from a ``jax.random.key``, a legacy ``PRNGKey``, or an int seed.
+def as_key(key: Any) -> jax.Array | SeedWords:
+    """A typed JAX key array from a ``jax.random.key``, a legacy ``PRNGKey``, or an int seed; a
+    `Seed`'s words from a `Seed`.
 
     A batch of keys (shape ``batch_shape``, or ``batch_shape + (2,)`` for legacy uint32 keys)
     gives one key per row.
     """
+    if is_seed(key):
+        return to_words(key, jnp)
     if isinstance(key, (bool, np.bool_)):
         raise TypeError("key must be a jax.random.key, a PRNGKey or an int seed, got bool")
     if isinstance(key, (int, np.integer)):
@@ -107,8 +115,8 @@ def as_key(key: Any) -> jax.Array:
     if hasattr(key, "dtype"):
         described += f" of dtype {key.dtype} and shape {key.shape}"
     raise TypeError(
-        "key must be a jax.random.key, a legacy PRNGKey (uint32 of shape (..., 2)) or an int seed, "
-        f"got {described}"
+        "key must be a jax.random.key, a legacy PRNGKey (uint32 of shape (..., 2)), an int seed or "
+        f"a Seed, got {described}"
     )
 
 

@@ -32,6 +32,9 @@ row that those do not settle either pays for the exponentials (`_outside_mass_ex
   computes ``R`` exactly, and draws from the tail if ``u`` says so. A second uniform picks the
   token inside the chosen part by inverse CDF. Each token ``i`` is drawn with probability
   ``exp(z_i) / (H + R)``: exactly, whatever the variates.
+- With a `Seed` key, every row draws as the JAX backend does instead: one uniform, inverse CDF
+  over the kept set in token-id order (a dense row pays an exponential over its whole row), so
+  that the same uniform picks the same token on both backends.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ import numpy as np
 
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._seed import SeedWords
+from agnostic_sampling._seed import is_seed
+from agnostic_sampling._seed import to_words
+from agnostic_sampling._seed import uniforms
 from agnostic_sampling.backends import ROW_NAN
 from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
@@ -70,22 +77,25 @@ def asarray(logits: Any) -> np.ndarray:
                          f"{type(logits).__name__} ({error})") from None
 
 
-def as_key(key: Any) -> np.random.Generator:
-    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence.
+def as_key(key: Any) -> np.random.Generator | SeedWords:
+    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence; a `Seed`'s
+    checked words from a `Seed`.
 
     Any non-negative int is a seed, however large (as for ``numpy.random.default_rng``).
     """
     if isinstance(key, np.random.Generator):
         return key
+    if is_seed(key):
+        return to_words(key, np)
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)) and key < 0:
-        raise ValueError(f"key must be a non-negative int seed, a numpy.random.Generator or a "
-                         f"SeedSequence, got {int(key)}")
+        raise ValueError(f"key must be a non-negative int seed, a numpy.random.Generator, a "
+                         f"SeedSequence or a Seed, got {int(key)}")
     if isinstance(key, np.random.SeedSequence) or (
         isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_))
     ):
         return np.random.default_rng(key)
     raise TypeError(
-        "key must be a numpy.random.Generator, an int seed or a numpy.random.SeedSequence, "
+        "key must be a numpy.random.Generator, an int seed, a numpy.random.SeedSequence or a Seed, "
         f"got {type(key).__name__}"
     )
 
@@ -641,16 +651,20 @@ def probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None
     return e, status
 
 
-def sample(key: np.random.Generator, logits: np.ndarray,
+def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
            params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
-    """One exact draw per row from the kept set, by inverse CDF on two uniforms per row."""
+    """One exact draw per row from the kept set, by inverse CDF on two uniforms per row (one
+    per row, in token order, for a `Seed`: `_draw_in_token_order`)."""
     x = _rows(logits)
     batch_shape = logits.shape[:-1]
     prm = _Rows.from_params(params, batch_shape, x.dtype)
-    uniform = key.random((x.shape[0], 2))
+    seeded = isinstance(key, SeedWords)
+    uniform = uniforms(key, batch_shape, np).reshape(-1) if seeded else key.random((x.shape[0], 2))
     kept, status = _pipeline(x, prm)
     if kept is None:
         return None, status.reshape(batch_shape)
+    if seeded:
+        return _draw_in_token_order(x, kept, prm, uniform).reshape(batch_shape), status.reshape(batch_shape)
     ids = kept.first.copy()
     dense = np.flatnonzero(kept.dense)
     if dense.size:
@@ -659,6 +673,32 @@ def sample(key: np.random.Generator, logits: np.ndarray,
     for group in kept.groups:
         ids[group.rows] = _draw_candidates(group.index, group.logit, group.cut, uniform[group.rows, 1])
     return ids.reshape(batch_shape), status.reshape(batch_shape)
+
+
+def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.ndarray) -> np.ndarray:
+    """The JAX backend's draw, for `Seed` keys: one uniform per row, inverse CDF over the kept set
+    in token-id order, so that the same uniform picks the same token on both backends.
+
+    Dense rows take their whole row (no head/tail mixture); candidate lists are put in token order
+    first (they come in block order).
+    """
+    u = uniform.astype(np.float64)
+    ids = kept.first.copy()
+    dense = np.flatnonzero(kept.dense)
+    chunks = _row_chunks(dense.size, x.shape[1])
+    if dense.size:
+        work = np.empty((chunks[0].stop - chunks[0].start, x.shape[1]), x.dtype)
+    for part in chunks:
+        rows = dense[part]
+        weight = _tempered_into(work[: rows.size], x, rows, kept.row_max[rows], prm.temperature[rows])
+        ids[rows] = _draw_by_blocks(np.exp(weight, out=weight), u[rows])
+    for group in kept.groups:
+        index, logit = group.index, group.logit
+        if not np.all(index[:, 1:] > index[:, :-1]):
+            order = np.argsort(index, axis=-1, kind="stable")
+            index, logit = np.take_along_axis(index, order, -1), np.take_along_axis(logit, order, -1)
+        ids[group.rows] = _draw_candidates(index, logit, group.cut, u[group.rows])
+    return ids
 
 
 def _pick(cumulative: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.ndarray:
