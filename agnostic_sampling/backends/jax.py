@@ -906,7 +906,7 @@ def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[j
 
 # ============================================================================================
 # Log-probabilities: the kept set of `process_logits` (`_prepare`, `_full_z`, `_row_threshold`),
-# every row total in one fused pass (`_row_sums`), the top-n by `lax.top_k` of static size (its
+# the row totals as plain sums, the top-n by `lax.top_k` of static size (its
 # values and indices both used, so XLA:CPU keeps its partial top-k rather than a sort), the rank
 # by a count.
 
@@ -929,23 +929,25 @@ def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, plan: _
     kept = jnp.where(greedy[:, None], one_hot, kept)  # a greedy row's z is x - max: 0 at its argmax
 
     weight = jnp.exp(z)
-    operands = [weight, jnp.where(kept, weight, 0), kept.astype(dtype), finite.astype(dtype)]
+    # Separate sums: on XLA:CPU each fuses with the exponential, where a variadic reduce of them
+    # measured slower than the two passes. The same reduction over the same shape adds in the
+    # same order, so a row that keeps every token gets the same two totals: a log mass of 0.
+    total = jnp.sum(weight, axis=-1)
+    kept_total = jnp.sum(jnp.where(kept, weight, 0), axis=-1)
+    kept_count = _count(kept)
     raw_untempered = kind == "raw" and plan.temperature
     shifted = x - prep.shift[:, None]
-    if raw_untempered:
-        operands.append(jnp.exp(shifted))
-    sums = _row_sums(operands)
-    total, kept_total, kept_count, finite_count = (sums[:, i] for i in range(4))
 
     def log_of(mass: jax.Array) -> jax.Array:  # a row with no finite logit has mass 0: log-probs -inf
         return jnp.log(jnp.where(mass > 0, mass, 1))
 
-    truncated = ~greedy & (kept_count < finite_count)
+    truncated = ~greedy & (kept_total < total)
     kept_log_mass = jnp.where(truncated, jnp.minimum(log_of(kept_total) - log_of(total), 0), 0)
     if kind == "processed":
         values = jnp.where(kept, z - log_of(kept_total)[:, None], -jnp.inf)
     else:
-        values = shifted - log_of(sums[:, 4] if raw_untempered else total)[:, None]
+        raw_total = jnp.sum(jnp.exp(shifted), axis=-1) if raw_untempered else total
+        values = shifted - log_of(raw_total)[:, None]
 
     ids = ids.reshape(-1)
     valid = (ids >= 0) & (ids < vocab)
