@@ -8,7 +8,9 @@ Example:
 """
 
 from agnostic_sampling import stats
+from agnostic_sampling._api import LogprobsResult
 from agnostic_sampling._api import greedy
+from agnostic_sampling._api import logprobs
 from agnostic_sampling._api import probs
 from agnostic_sampling._api import process_logits
 from agnostic_sampling._api import sample
@@ -25,11 +27,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DraftVerification",
     "GenerateResult",
+    "LogprobsResult",
     "SamplingParams",
     "Seed",
     "generate",
     "generate_with_state",
     "greedy",
+    "logprobs",
     "probs",
     "process_logits",
     "sample",

@@ -1,24 +1,28 @@
 """The public sampling functions: validate, pick the backend once, delegate.
 
 Every backend module defines the same functions (``asarray``, ``as_key``, ``greedy``,
-``sample``, ``process_logits``, ``probs``) and holds array code only. Each returns its result
-with a per-row status code; concrete bad rows are reported through ``_checks``, the one
-place the decode loops use too.
+``sample``, ``process_logits``, ``probs``, ``logprobs``) and holds array code only. Each returns
+its result with a per-row status code; concrete bad rows are reported through ``_checks``, the
+one place the decode loops use too.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from typing import NamedTuple
+
+import numpy as np
 
 from agnostic_sampling import _dispatch
 from agnostic_sampling._checks import check_logits
 from agnostic_sampling._checks import raise_bad_rows
+from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
 
-__all__ = ["greedy", "probs", "process_logits", "sample"]
+__all__ = ["LogprobsResult", "greedy", "logprobs", "probs", "process_logits", "sample"]
 
 
 def _prepare(logits: Any, backend: str | None) -> tuple[Any, Any]:
@@ -156,3 +160,123 @@ def probs(
     out, status = module.probs(array, resolved)
     raise_bad_rows(status, array.shape)
     return out
+
+
+LOGPROB_KINDS = ("processed", "raw")
+
+
+class LogprobsResult(NamedTuple):
+    """What `logprobs` returns, per row (a NamedTuple, so a pytree on JAX).
+
+    Attributes:
+        token: the log-probability of the row's id under the chosen distribution.
+        rank: 1-based rank of the id among the row's tokens by raw logit; tied tokens share the
+            smaller rank (``1 + count(logit > logit[id])``).
+        top_ids: ``(..., top_n)`` the ``top_n`` most likely tokens under the chosen distribution,
+            in descending log-probability, ties by smaller index.
+        top_logprobs: ``(..., top_n)`` their log-probabilities.
+        kept_log_mass: log of the mass that the tempered distribution puts on the kept set (0
+            when nothing is truncated, and for greedy rows); the same for both kinds.
+        kept_count: how many tokens the sampling parameters keep (1 for greedy rows).
+    """
+
+    token: Any
+    rank: Any
+    top_ids: Any
+    top_logprobs: Any
+    kept_log_mass: Any
+    kept_count: Any
+
+
+def _check_ids(ids: Any, module: Any, array: Any) -> Any:
+    """Check the ids' dtype, shape and (when concrete) range; return them as given or as NumPy."""
+    if not (hasattr(ids, "dtype") and hasattr(ids, "shape")):
+        ids = np.asarray(ids)
+    if module.__name__.endswith(".numpy") and is_tracer(ids):
+        raise TypeError("ids is a JAX tracer but the logits are NumPy; pass JAX logits (or backend='jax')")
+    dtype = np.dtype(ids.dtype)
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"ids must be an integer array, got dtype {dtype}")
+    batch_shape = tuple(array.shape[:-1])
+    if tuple(ids.shape) != batch_shape:
+        raise ValueError(
+            f"ids must have the batch shape of the logits, {batch_shape} (logits.shape[:-1]), "
+            f"got shape {tuple(ids.shape)}"
+        )
+    if not is_tracer(ids):
+        concrete = np.asarray(ids)
+        vocab = array.shape[-1]
+        bad = (concrete < 0) | (concrete >= vocab)
+        if bad.any():
+            first = np.unravel_index(int(np.argmax(bad.reshape(-1))), batch_shape) if batch_shape else ()
+            row = first[0] if len(first) == 1 else tuple(int(i) for i in first)
+            where = f" at row {row}" if first else ""
+            raise ValueError(f"ids must be in [0, {vocab}) (the vocabulary size), got "
+                             f"{int(concrete[first])}{where}")
+    return ids
+
+
+def logprobs(
+    logits: Any,
+    ids: Any,
+    *,
+    kind: str = "processed",
+    top_n: int = 0,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    min_keep: Any = 1,
+    params: SamplingParams | None = None,
+    backend: str | None = None,
+) -> LogprobsResult:
+    """Log-probabilities of ``ids``, the ``top_n`` alternatives, and the kept set's mass.
+
+    ``kind="processed"`` is the distribution that `sample` draws from with the same keywords:
+    the log of `probs`, ``-inf`` outside the kept set; a greedy row (``temperature=0``) is 0 at
+    its first argmax and ``-inf`` elsewhere. ``kind="raw"`` is ``log_softmax(logits)``: no
+    temperature, no truncation. Both are computed in log space (``z - logsumexp(z)``), so they
+    are finite wherever the probability is positive, even where it underflows as a float.
+
+    ``kept_log_mass`` and ``kept_count`` describe the sampling keywords' kept set whatever the
+    kind: for a kept token at temperature 1, ``processed = raw - kept_log_mass``. A trainer that
+    divides a processed (sampling) probability by a raw (training) one carries that term into
+    its importance ratio; see the README's "Log-probabilities" section.
+
+    Args:
+        logits: array of shape ``(..., V)``, float16, bfloat16, float32 or float64.
+        ids: integer array of shape ``logits.shape[:-1]`` with values in ``[0, V)``, e.g. from
+            `sample`. Under ``jax.jit`` an out-of-range id gives ``token`` NaN and ``rank`` 0.
+        kind: ``"processed"`` or ``"raw"``.
+        top_n: how many alternatives to return per row, ``0 <= top_n <= V`` (static under jit).
+        temperature, top_k, top_p, min_p, min_keep, params: as in `sample`, per row allowed.
+        backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``logits``.
+
+    Returns:
+        A `LogprobsResult`. Log-probabilities are float32 (float64 for float64 logits); ranks,
+        ids and counts are int64 on NumPy, int32 on JAX.
+
+    Example:
+        >>> import numpy as np, agnostic_sampling as smp
+        >>> logits = np.log(np.array([0.5, 0.3, 0.2], np.float32))
+        >>> result = smp.logprobs(logits, 1, top_p=0.6, top_n=2)
+        >>> round(float(result.token), 3), int(result.rank), result.top_ids.tolist()
+        (-0.981, 2, [0, 1])
+        >>> raw = smp.logprobs(logits, 1, kind="raw", top_p=0.6)
+        >>> round(float(raw.token - raw.kept_log_mass), 3)  # processed = raw - kept_log_mass
+        -0.981
+    """
+    if kind not in LOGPROB_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, LOGPROB_KINDS))}, got {kind!r}")
+    module, array = _prepare(logits, backend)
+    vocab = array.shape[-1]
+    if isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer)):
+        raise TypeError(f"top_n must be an int (static under jit), got {type(top_n).__name__}")
+    if not 0 <= top_n <= vocab:
+        raise ValueError(f"top_n must be in [0, {vocab}] (the vocabulary size), got {top_n}")
+    ids = _check_ids(ids, module, array)
+    resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, min_keep=min_keep)
+    fields, status = module.logprobs(array, ids, resolved, kind, int(top_n))
+    raise_bad_rows(status, array.shape)
+    return LogprobsResult(*fields)

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from agnostic_sampling._api import LogprobsResult
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
 
-__all__ = ["reference_probs"]
+__all__ = ["reference_logprobs", "reference_probs"]
 
 
 def _reference_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float,
@@ -25,7 +26,14 @@ def _reference_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, 
         one_hot = np.zeros_like(x)
         one_hot[np.argmax(x)] = 1.0
         return one_hot
+    z, kept = _reference_kept(x, temperature, top_k, top_p, min_p, min_keep)
+    weights = np.where(kept, np.exp(z), 0.0)
+    return weights / weights.sum()
 
+
+def _reference_kept(x: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float,
+                    min_keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tempered logits of one row (maximum 0) and its kept set, for a positive temperature."""
     z = (x - x.max()) / temperature
     kept = np.isfinite(z)
 
@@ -57,9 +65,7 @@ def _reference_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, 
 
     if min_p > 0:
         kept = respect_min_keep(kept, kept & (z >= z[kept].max() + np.log(min_p)))
-
-    weights = np.where(kept, np.exp(z), 0.0)
-    return weights / weights.sum()
+    return z, kept
 
 
 def reference_probs(
@@ -84,12 +90,22 @@ def reference_probs(
         >>> reference_probs(np.log([0.5, 0.3, 0.2]), top_p=0.6).round(3).tolist()
         [0.625, 0.375, 0.0]
     """
+    x, settings = _rows_and_settings(logits, params, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     min_p=min_p, min_keep=min_keep)
+    out = np.empty_like(x)
+    for i, row in enumerate(x):
+        out[i] = _reference_row(row, *settings[i])
+    return out.reshape(np.shape(logits))
+
+
+def _rows_and_settings(logits: Any, params: SamplingParams | None,
+                       **keywords: Any) -> tuple[np.ndarray, list[tuple[float, int, float, float, int]]]:
+    """The logits as float64 rows (N, V), each checked, and each row's parameters."""
     x = np.asarray(logits)
     if x.dtype.name == "bfloat16":
         x = x.astype(np.float32)
     x = x.astype(np.float64)
-    resolved = resolve_params(params, temperature=temperature, top_k=top_k, top_p=top_p,
-                              min_p=min_p, min_keep=min_keep)
+    resolved = resolve_params(params, **keywords)
     batch_shape = x.shape[:-1]
     validate_params(resolved, batch_shape)
 
@@ -100,10 +116,78 @@ def reference_probs(
 
     rows = x.reshape(-1, x.shape[-1])
     columns = [per_row(name) for name in ("temperature", "top_k", "top_p", "min_p", "min_keep")]
-    out = np.empty_like(rows)
+    settings = []
     for i, row in enumerate(rows):
         t, k, p, m, n = (c[i] for c in columns)
         if np.isnan(row).any() or np.isposinf(row).any() or not np.isfinite(row).any():
             raise ValueError(f"logits row {i} must hold a finite logit and no NaN or +inf")
-        out[i] = _reference_row(row, float(t), int(k), float(p), float(m), int(n))
-    return out.reshape(x.shape)
+        settings.append((float(t), int(k), float(p), float(m), int(n)))
+    return rows, settings
+
+
+def _logsumexp(z: np.ndarray) -> float:
+    top = z.max()
+    return float(top + np.log(np.exp(z - top).sum()))
+
+
+def reference_logprobs(
+    logits: Any,
+    ids: Any,
+    *,
+    kind: str = "processed",
+    top_n: int = 0,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    min_keep: Any = 1,
+    params: SamplingParams | None = None,
+) -> LogprobsResult:
+    """Log-probabilities computed plainly in float64 NumPy: the oracle for `agnostic_sampling.logprobs`.
+
+    The same arguments and the same result fields, as float64 and int64 NumPy arrays; every
+    log-probability is ``z - logsumexp(z over the distribution's support)``, never the log of a
+    probability, so it is finite wherever the probability is positive. Slow on purpose (a Python
+    loop over rows); use it on small vocabularies or a few rows. Inputs are not validated beyond
+    the logits and the parameters.
+
+    Example:
+        >>> import numpy as np
+        >>> from agnostic_sampling.stats import reference_logprobs
+        >>> result = reference_logprobs(np.log([0.5, 0.3, 0.2]), 1, top_p=0.6)
+        >>> round(float(result.token), 4), round(float(np.exp(result.kept_log_mass)), 4)
+        (-0.9808, 0.8)
+    """
+    x, settings = _rows_and_settings(logits, params, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     min_p=min_p, min_keep=min_keep)
+    n_rows, vocab = x.shape
+    ids = np.broadcast_to(np.asarray(ids), np.shape(logits)[:-1]).reshape(-1)
+    token = np.empty(n_rows)
+    rank = np.empty(n_rows, np.int64)
+    top_ids = np.empty((n_rows, top_n), np.int64)
+    top_logprobs = np.empty((n_rows, top_n))
+    kept_log_mass = np.empty(n_rows)
+    kept_count = np.empty(n_rows, np.int64)
+    for i, row in enumerate(x):
+        temperature_i = settings[i][0]
+        if temperature_i == 0:
+            kept = np.arange(vocab) == np.argmax(row)
+            processed = np.where(kept, 0.0, -np.inf)
+            kept_log_mass[i] = 0.0
+        else:
+            z, kept = _reference_kept(row, *settings[i])
+            processed = np.where(kept, z - _logsumexp(z[kept]), -np.inf)
+            kept_log_mass[i] = _logsumexp(z[kept]) - _logsumexp(z[np.isfinite(z)])
+        shifted = row - row.max()
+        raw = shifted - _logsumexp(shifted[np.isfinite(shifted)])
+        values = processed if kind == "processed" else raw
+        token[i] = values[ids[i]]
+        rank[i] = 1 + np.count_nonzero(row > row[ids[i]])
+        order = np.lexsort((np.arange(vocab), -values))[:top_n]
+        top_ids[i], top_logprobs[i] = order, values[order]
+        kept_count[i] = np.count_nonzero(kept)
+    batch_shape = np.shape(logits)[:-1]
+    top_shape = batch_shape + (top_n,)
+    return LogprobsResult(token.reshape(batch_shape), rank.reshape(batch_shape), top_ids.reshape(top_shape),
+                          top_logprobs.reshape(top_shape), kept_log_mass.reshape(batch_shape),
+                          kept_count.reshape(batch_shape))

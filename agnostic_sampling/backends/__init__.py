@@ -8,7 +8,7 @@ and delegate to it. Each operation returns its result with a per-row status code
 public layer turns concrete bad rows into errors, in one place.
 """
 
-OPERATIONS = ("asarray", "as_key", "greedy", "sample", "process_logits", "probs", "verify_draft")
+OPERATIONS = ("asarray", "as_key", "greedy", "sample", "process_logits", "probs", "logprobs", "verify_draft")
 
 # Per-row status codes returned by every backend function.
 ROW_OK, ROW_NAN, ROW_POSINF, ROW_NO_FINITE = 0, 1, 2, 3

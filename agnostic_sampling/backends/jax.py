@@ -40,6 +40,7 @@ from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _acceptance
 from agnostic_sampling.backends._jax_common import _block_width
 from agnostic_sampling.backends._jax_common import _cleaned
+from agnostic_sampling.backends._jax_common import _count
 from agnostic_sampling.backends._jax_common import _Prepared
 from agnostic_sampling.backends._jax_common import _Rows
 from agnostic_sampling.backends._jax_common import _Steps
@@ -438,3 +439,73 @@ def verify_draft(key: jax.Array, logits: jax.Array, draft_ids: jax.Array, draft_
     """
     params = _acceptance.per_position(params, logits.shape[1], jnp)
     return _verify_draft(key, logits, jnp.asarray(draft_ids), draft_probs, params, _steps(params))
+
+
+# ============================================================================================
+# Log-probabilities: the kept set of `process_logits` (`_prepare`, `_full_z`, `_row_threshold`),
+# the row totals as plain sums, the top-n by `lax.top_k` of static size (its
+# values and indices both used, so XLA:CPU keeps its partial top-k rather than a sort), the rank
+# by a count.
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "kind", "top_n"))
+def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: _Steps, kind: str,
+              top_n: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    prep = _prepare(logits, params, steps)
+    dtype = prep.row_max.dtype
+    n_rows, vocab = prep.raw.shape
+    x = _cleaned(prep.raw, prep.posinf, dtype)
+    z = _full_z(prep, steps)
+    finite = z > -jnp.inf
+    kept = finite
+    if steps.top_k or steps.top_p or steps.min_p:
+        threshold, _ = _row_threshold(prep, steps, z)
+        kept = finite & (z >= threshold[:, None])
+    greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
+    one_hot = lax.broadcasted_iota(jnp.int32, z.shape, 1) == _first_of_max(prep)[:, None]
+    kept = jnp.where(greedy[:, None], one_hot, kept)  # a greedy row's z is x - max: 0 at its argmax
+
+    weight = jnp.exp(z)
+    # Separate sums: on XLA:CPU each fuses with the exponential, where a variadic reduce of them
+    # measured slower than the two passes. The same reduction over the same shape adds in the
+    # same order, so a row that keeps every token gets the same two totals: a log mass of 0.
+    total = jnp.sum(weight, axis=-1)
+    kept_total = jnp.sum(jnp.where(kept, weight, 0), axis=-1)
+    kept_count = _count(kept)
+    raw_untempered = kind == "raw" and steps.temperature
+    shifted = x - prep.shift[:, None]
+
+    def log_of(mass: jax.Array) -> jax.Array:  # a row with no finite logit has mass 0: log-probs -inf
+        return jnp.log(jnp.where(mass > 0, mass, 1))
+
+    truncated = ~greedy & (kept_total < total)
+    kept_log_mass = jnp.where(truncated, jnp.minimum(log_of(kept_total) - log_of(total), 0), 0)
+    if kind == "processed":
+        values = jnp.where(kept, z - log_of(kept_total)[:, None], -jnp.inf)
+    else:
+        raw_total = jnp.sum(jnp.exp(shifted), axis=-1) if raw_untempered else total
+        values = shifted - log_of(raw_total)[:, None]
+
+    ids = ids.reshape(-1)
+    valid = (ids >= 0) & (ids < vocab)
+    at = jnp.clip(ids, 0, vocab - 1).astype(jnp.int32)[:, None]
+    token = jnp.where(valid, jnp.take_along_axis(values, at, axis=-1)[:, 0], jnp.nan)
+    chosen = jnp.take_along_axis(x, at, axis=-1)
+    rank = jnp.where(valid, 1 + _count(x > chosen).astype(jnp.int32), 0)
+    if top_n:
+        top_logprobs, top_ids = lax.top_k(values, top_n)
+    else:
+        top_logprobs, top_ids = jnp.zeros((n_rows, 0), dtype), jnp.zeros((n_rows, 0), jnp.int32)
+
+    batch_shape = logits.shape[:-1]
+    fields = (token.reshape(batch_shape), rank.reshape(batch_shape), top_ids.reshape(batch_shape + (top_n,)),
+              top_logprobs.reshape(batch_shape + (top_n,)), kept_log_mass.reshape(batch_shape),
+              kept_count.astype(jnp.int32).reshape(batch_shape))
+    return fields, prep.status.reshape(batch_shape)
+
+
+def logprobs(logits: jax.Array, ids: Any, params: SamplingParams, kind: str,
+             top_n: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """``(token, rank, top_ids, top_logprobs, kept_log_mass, kept_count)`` and the row status;
+    an out-of-range id gives ``token`` NaN and ``rank`` 0 (only reachable under tracing)."""
+    return _logprobs(logits, jnp.asarray(ids), params, _steps(params), kind, top_n)

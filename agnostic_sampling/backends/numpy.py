@@ -804,3 +804,132 @@ def verify_draft(key: np.random.Generator, logits: np.ndarray, draft_ids: np.nda
     last = _draw_by_blocks(decision.residual, uniform[:, -1])
     tokens = _acceptance.emitted(draft_ids.astype(np.int64), decision.num_accepted, last, np)
     return (tokens, decision.num_accepted.astype(np.int64)), status
+
+
+# ============================================================================================
+# Log-probabilities: built on `_pipeline`'s kept sets; one exponential pass over the rows (for
+# the tempered mass), the top-n from the blocks with the largest maxima (the proof of `_head`).
+
+
+def _row_masses(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, ``sum(exp((x - max) / T))`` over the finite tokens (float64) and their count.
+
+    Chunks of rows in a reused buffer, as `_outside_mass_exact` does, so the work stays in cache.
+    """
+    rows = np.arange(x.shape[0])
+    mass = np.empty(rows.size)
+    finite = np.empty(rows.size, np.int64)
+    chunks = _row_chunks(rows.size, x.shape[1])
+    work = np.empty((chunks[0].stop - chunks[0].start, x.shape[1]), x.dtype)
+    for part in chunks:
+        e = _tempered_into(work[: rows[part].size], x, rows[part], row_max[part], temperature[part])
+        finite[part] = np.count_nonzero(e > -np.inf, axis=1)
+        np.exp(e, out=e)
+        mass[part] = e.sum(axis=-1, dtype=np.float64)
+    return mass, finite
+
+
+def _top_n(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, n: int,
+           value_of: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` largest ``value_of(rows, x[rows])`` per row, descending, ties by smaller index.
+
+    ``value_of(rows, values)`` maps logits of ``rows`` (R, W) to the ranked values, element-wise
+    and monotone non-decreasing in the logit. The ``n`` blocks with the largest maxima hold ``n``
+    values at or above ``f(t)`` (``t`` their smallest maximum) and every value above it; a row
+    whose ``n``-th value equals ``f(t)`` completes its ties at ``f(t)`` from the whole row, in
+    index order (rare: a tie at the boundary, or fewer than ``n`` finite values).
+    """
+    vocab = x.shape[1]
+    blocks, threshold = _choose_blocks(block_max, n)
+    gathered = _gather(x, rows, blocks)
+    if blocks is None:
+        index = np.broadcast_to(np.arange(vocab), gathered.shape)
+    else:
+        index = (blocks[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(rows.size, -1)  # -inf past V
+    values = value_of(rows, gathered)
+    order = np.lexsort((index, -values), axis=-1)[:, :n]
+    top_ids = np.take_along_axis(index, order, -1).astype(np.int64)
+    top_values = np.take_along_axis(values, order, -1)
+    if blocks is None:
+        return top_ids, top_values
+    bound = value_of(rows, threshold[:, None])[:, 0]
+    for r in np.flatnonzero(top_values[:, -1] <= bound):
+        above = int(np.count_nonzero(top_values[r] > bound[r]))
+        row_values = value_of(rows[r : r + 1], x[rows[r : r + 1]])[0]
+        top_ids[r, above:] = np.flatnonzero(row_values == bound[r])[: n - above]
+        top_values[r, above:] = bound[r]
+    return top_ids, top_values
+
+
+def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,
+             top_n: int) -> tuple[tuple[np.ndarray, ...] | None, np.ndarray]:
+    """``(token, rank, top_ids, top_logprobs, kept_log_mass, kept_count)`` and the row status.
+
+    Log-probabilities are ``z - log(sum(exp(z)))`` over the distribution's support, in the
+    compute precision; the kept sets are `_pipeline`'s (a group's candidates at or above its cut).
+    """
+    x = _rows(logits)
+    batch_shape = logits.shape[:-1]
+    prm = _Rows.from_params(params, batch_shape, x.dtype)
+    kept, status = _pipeline(x, prm)
+    if kept is None:
+        return None, status.reshape(batch_shape)
+    n_rows = x.shape[0]
+    ids = np.asarray(ids).reshape(-1).astype(np.int64)
+    row_max = kept.row_max
+    temperature = np.where(kept.greedy, 1, prm.temperature).astype(x.dtype)
+
+    tempered_mass, finite = _row_masses(x, row_max, temperature)
+    kept_mass = tempered_mass.copy()
+    kept_count = finite.copy()
+    for group in kept.groups:
+        inside = group.logit >= group.cut[:, None]
+        kept_mass[group.rows] = np.where(inside, np.exp(group.logit.astype(np.float64)), 0.0).sum(axis=-1)
+        kept_count[group.rows] = np.count_nonzero(inside, axis=-1)
+    kept_mass[kept.greedy] = 1.0  # the first argmax, at z = 0
+    kept_count[kept.greedy] = 1
+    truncated = ~kept.greedy & (kept_count < finite)
+    kept_log_mass = np.where(truncated, np.minimum(np.log(kept_mass) - np.log(tempered_mass), 0), 0.0)
+    log_kept = np.log(kept_mass).astype(x.dtype)
+    if kind == "raw":
+        untempered = np.flatnonzero(temperature != 1)
+        raw_mass = tempered_mass.copy()
+        if untempered.size:
+            raw_mass[untempered] = _row_masses(x[untempered], row_max[untempered],
+                                               np.ones(untempered.size, x.dtype))[0]
+        log_raw = np.log(raw_mass).astype(x.dtype)
+
+    def value_of(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The log-probabilities of logits ``values`` (R, W) of ``rows`` (greedy rows: not here)."""
+        shifted = values - row_max[rows, None]
+        if kind == "raw":
+            return shifted - log_raw[rows, None]
+        z = shifted / temperature[rows, None]  # `_tempered`'s arithmetic: the pipeline's kept set
+        return np.where((z >= kept.cut[rows, None]) & (z > -np.inf), z - log_kept[rows, None], -np.inf)
+
+    every = np.arange(n_rows)
+    chosen = np.take_along_axis(x, ids[:, None], -1)
+    token = value_of(every, chosen)[:, 0]
+    rank = 1 + np.count_nonzero(x > chosen, axis=-1)
+
+    top_ids = np.zeros((n_rows, top_n), np.int64)
+    top_logprobs = np.full((n_rows, top_n), -np.inf, x.dtype)
+    ranked = every if kind == "raw" else np.flatnonzero(~kept.greedy)
+    greedy_rows = np.flatnonzero(kept.greedy) if kind == "processed" else every[:0]
+    if greedy_rows.size:
+        # The processed greedy row: its first argmax, then every other token (-inf) by index.
+        first = kept.first[greedy_rows]
+        token[greedy_rows] = np.where(ids[greedy_rows] == first, 0, -np.inf)
+        if top_n:
+            others = np.arange(top_n - 1)[None, :]
+            others = others + (others >= first[:, None])
+            top_ids[greedy_rows] = np.concatenate([first[:, None], others], axis=1)
+            top_logprobs[greedy_rows, 0] = 0
+    if top_n and ranked.size:
+        block_max = _block_maxima(x[ranked]) if kept.block_max is None else kept.block_max[ranked]
+        top_ids[ranked], top_logprobs[ranked] = _top_n(x, ranked, block_max, top_n, value_of)
+
+    fields = (token, rank, top_ids, top_logprobs, kept_log_mass.astype(x.dtype), kept_count)
+    top_shape = batch_shape + (top_n,)
+    shapes = (batch_shape, batch_shape, top_shape, top_shape, batch_shape, batch_shape)
+    return tuple(f.reshape(s) for f, s in zip(fields, shapes, strict=True)), status.reshape(batch_shape)
