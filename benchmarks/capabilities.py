@@ -7,7 +7,11 @@ Each row times one capability and its baseline on the same realistic float32 log
 reports both medians and their ratio:
 
 - ``verify_draft`` (K = 4, a sampled draft) against ``probs`` on the same ``(B * (K + 1), V)``
-  logits, temperature 0.8, top-k 50, top-p 0.9 (goal: at most 2x).
+  logits, temperature 0.8, top-k 50, top-p 0.9 (goal: at most 2x);
+- ``logprobs`` (top_n = 20, each kind) against ``probs`` with the same parameters (goal: 2x);
+- ``sample`` with a ``Seed`` key against ``sample`` with an int / ``jax.random`` key, with the
+  same parameters, and with temperature alone (the NumPy backend's untruncated rows pay a
+  whole-row exponential to draw in token order).
 """
 
 from __future__ import annotations
@@ -39,9 +43,19 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
     target = harness.realistic_logits(batch * (K + 1), vocab).reshape(batch, K + 1, vocab)
     ids, q = _draft(batch, vocab)
     flat = target.reshape(-1, vocab)
+    logits = harness.realistic_logits(batch, vocab, seed=2)
+    tokens = np.asarray(smp.sample(0, logits, **SAMPLING))
+    seed = smp.Seed(np.arange(batch), 0)
     out = [("verify_draft K=4 / probs", "numpy",
             lambda: smp.verify_draft(0, target, ids, q, **SAMPLING),
             lambda: smp.probs(flat, **SAMPLING))]
+    for kind in ("processed", "raw"):
+        out.append((f"logprobs {kind} top_n=20 / probs", "numpy",
+                    lambda kind=kind: smp.logprobs(logits, tokens, kind=kind, top_n=20, **SAMPLING),
+                    lambda: smp.probs(logits, **SAMPLING)))
+    for name, kw in (("T 0.8 top-k 50 top-p 0.9", SAMPLING), ("T 0.8 alone", {"temperature": 0.8})):
+        out.append((f"sample, Seed key / int key ({name})", "numpy",
+                    lambda kw=kw: smp.sample(seed, logits, **kw), lambda kw=kw: smp.sample(0, logits, **kw)))
     if harness.installed("jax"):
         import jax
         import jax.numpy as jnp
@@ -51,6 +65,16 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
         out.append(("verify_draft K=4 / probs", "jax (jit)",
                     lambda: jax.block_until_ready(smp.verify_draft(key, target_j, ids_j, q_j, **SAMPLING)),
                     lambda: jax.block_until_ready(smp.probs(flat_j, **SAMPLING))))
+        logits_j, tokens_j = jnp.asarray(logits), jnp.asarray(tokens)
+        for kind in ("processed", "raw"):
+            out.append((f"logprobs {kind} top_n=20 / probs", "jax (jit)",
+                        lambda kind=kind: jax.block_until_ready(
+                            smp.logprobs(logits_j, tokens_j, kind=kind, top_n=20, **SAMPLING)),
+                        lambda: jax.block_until_ready(smp.probs(logits_j, **SAMPLING))))
+        for name, kw in (("T 0.8 top-k 50 top-p 0.9", SAMPLING), ("T 0.8 alone", {"temperature": 0.8})):
+            out.append((f"sample, Seed key / jax key ({name})", "jax (jit)",
+                        lambda kw=kw: jax.block_until_ready(smp.sample(seed, logits_j, **kw)),
+                        lambda kw=kw: jax.block_until_ready(smp.sample(key, logits_j, **kw))))
     return out
 
 
