@@ -1,7 +1,8 @@
 """What the NumPy and the JAX decode loops share: the validated request and two small helpers.
 
-`Request` is built once by ``generate.py`` (all validation happens there); the loops read it
-and call the backend module's functions directly.
+`Request` is built once by ``generate.py`` (all validation that needs no model call happens
+there); the loops read it and call the backend module's functions (``sample``, ``logprobs``)
+directly.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import NamedTuple
 
 from agnostic_sampling._params import SamplingParams
 
-__all__ = ["Request", "token_logprobs", "wrong_shape"]
+__all__ = ["Request", "check_top_logprobs", "wrong_shape"]
 
 
 class Request(NamedTuple):
@@ -24,7 +25,8 @@ class Request(NamedTuple):
     max_new_tokens: int
     eos_id: int | None
     pad_id: int
-    return_logprobs: bool
+    logprob_kind: str | None  # "processed", "raw", or None: no log-probabilities
+    top_logprobs: int  # alternatives per generated position (0: none); needs logprob_kind
     params: SamplingParams
 
 
@@ -34,20 +36,8 @@ def wrong_shape(what: str, got: tuple[int, ...], expected: str, fed: str) -> Val
                       f"expected {expected} for ids of shape {fed}")
 
 
-def token_logprobs(processed: Any, tokens: Any, xp: Any) -> Any:
-    """``log softmax(processed)[token]`` per row, without underflow.
-
-    Args:
-        processed: ``(B, V)`` logits from a backend's ``process_logits`` (``-inf`` outside the
-            kept set).
-        tokens: ``(B,)`` the drawn ids (clipped into the vocabulary, so ``-1`` is harmless).
-        xp: ``numpy`` or ``jax.numpy``.
-
-    Returns:
-        ``(B,)`` log-probabilities.
-    """
-    top = processed.max(axis=-1)  # 0 for every row: process_logits shifts by the row maximum
-    log_norm = top + xp.log(xp.exp(processed - top[:, None]).sum(axis=-1))
-    index = xp.clip(tokens, 0, processed.shape[-1] - 1)[:, None]
-    chosen = xp.take_along_axis(processed, index, axis=-1)[:, 0]
-    return chosen - log_norm
+def check_top_logprobs(top_logprobs: int, vocab: int) -> None:
+    """Refuse ``top_logprobs`` above the vocabulary size, known once the model has been called."""
+    if top_logprobs > vocab:
+        raise ValueError(f"top_logprobs must be in [0, {vocab}] (the vocabulary size of the model's "
+                         f"logits), got {top_logprobs}")

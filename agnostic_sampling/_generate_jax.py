@@ -1,7 +1,7 @@
 """The JAX decode loop: one ``lax.while_loop`` over a fixed buffer, compiled once per shape.
 
 Imported by ``generate.py`` only when the JAX backend is chosen. The request arrives validated;
-every position calls the JAX backend's ``sample`` (and ``process_logits`` for log-probabilities)
+every position calls the JAX backend's ``sample`` (and ``logprobs`` for log-probabilities)
 directly, with the key ``jax.random.fold_in(key, t)`` (a `Seed`: its position advanced by ``t + 1``).
 """
 
@@ -16,7 +16,7 @@ from jax import lax
 
 from agnostic_sampling._checks import check_logits
 from agnostic_sampling._decode import Request
-from agnostic_sampling._decode import token_logprobs
+from agnostic_sampling._decode import check_top_logprobs
 from agnostic_sampling._decode import wrong_shape
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import OFF
@@ -27,7 +27,7 @@ from agnostic_sampling.backends import jax as backend
 
 __all__ = ["run"]
 
-_STATIC = ("fn", "stateful", "max_new_tokens", "window", "return_logprobs")
+_STATIC = ("fn", "stateful", "max_new_tokens", "window", "kind", "top_n")
 
 
 def run(request: Request, fn: Any, *, stateful: bool, state: Any,
@@ -35,7 +35,8 @@ def run(request: Request, fn: Any, *, stateful: bool, state: Any,
     """Decode ``request`` with ``fn`` (a model, or a step when ``stateful``).
 
     Returns:
-        ``(ids, num_generated, logprobs, model_calls, state)``, the fields of ``GenerateResult``.
+        ``(ids, num_generated, logprobs, model_calls, state, top_ids, top_logprobs)``, the fields
+        of ``GenerateResult``.
     """
     batch, width = request.prompt.shape
     total = width + request.max_new_tokens
@@ -45,7 +46,7 @@ def run(request: Request, fn: Any, *, stateful: bool, state: Any,
         return _decoder(request.key, request.prompt.astype(jnp.int32), request.lengths,
                         _per_row(request.params, batch), eos, jnp.int32(request.pad_id), state, fn=fn,
                         stateful=stateful, max_new_tokens=request.max_new_tokens, window=window,
-                        return_logprobs=request.return_logprobs)
+                        kind=request.logprob_kind, top_n=request.top_logprobs)
     except ValueError as error:
         if "Non-hashable static arguments" in str(error):
             what = "step" if stateful else "model"
@@ -70,13 +71,15 @@ def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos: Any, pad: Any,
              state: Any, *, fn: Any, stateful: bool, max_new_tokens: int, window: int,
-             return_logprobs: bool) -> tuple[Any, Any, Any, Any, Any]:
+             kind: str | None, top_n: int) -> tuple[Any, ...]:
     batch, width = prompt.shape
     total = width + max_new_tokens
     positions = jnp.arange(total)
     ids = jnp.full((batch, total), pad, jnp.int32)
     ids = ids.at[:, :width].set(jnp.where(positions[None, :width] < lengths[:, None], prompt, pad))
-    logprobs = jnp.zeros((batch, total), jnp.float32) if return_logprobs else None
+    logprobs = jnp.zeros((batch, total), jnp.float32) if kind else None
+    top_ids = jnp.full((batch, total, top_n), -1, jnp.int32) if top_n else None
+    top_logprobs = jnp.full((batch, total, top_n), -jnp.inf, jnp.float32) if top_n else None
 
     def logits_at(t: Any, ids: Any, state: Any) -> tuple[Any, Any]:
         if stateful:
@@ -92,45 +95,56 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos: A
             logits = lax.dynamic_index_in_dim(out, t - start, axis=1, keepdims=False)
         logits = backend.asarray(logits)
         check_logits(logits)  # at trace time: dtype and vocabulary size
+        check_top_logprobs(top_n, logits.shape[-1])
         return logits, state
 
     def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        t, ids, logprobs, finished, generated, calls, state = carry
+        t, ids, logprobs, top_ids, top_logprobs, finished, generated, calls, state = carry
         logits, state = logits_at(t, ids, state)
         taking = ~finished & (lengths <= t + 1)
 
-        def draw() -> tuple[Any, Any]:
+        def draw() -> tuple[Any, ...]:
             # statuses are traced: a bad row gives token -1, as in a jitted `sample`
             step_key = advance(key, t + 1, jnp) if isinstance(key, SeedWords) else jax.random.fold_in(key, t)
             tokens, _ = backend.sample(step_key, logits, params)
-            if logprobs is None:
-                return tokens, jnp.zeros(batch, jnp.float32)
-            processed, _ = backend.process_logits(logits, params)
-            return tokens, token_logprobs(processed, tokens, jnp).astype(jnp.float32)
+            if kind is None:
+                return tokens, *skip()[1:]
+            # a bad row's -1 clipped into the vocabulary (its log-probabilities are NaN anyway)
+            valid = jnp.clip(tokens, 0, logits.shape[-1] - 1)
+            (token, _, drawn_ids, drawn_top, _, _), _ = backend.logprobs(logits, valid, params, kind, top_n)
+            f32 = jnp.float32
+            return tokens, token.astype(f32), drawn_ids.astype(jnp.int32), drawn_top.astype(f32)
 
-        def skip() -> tuple[Any, Any]:
-            return jnp.zeros(batch, jnp.int32), jnp.zeros(batch, jnp.float32)
+        def skip() -> tuple[Any, ...]:
+            return (jnp.zeros(batch, jnp.int32), jnp.zeros(batch, jnp.float32),
+                    jnp.full((batch, top_n), -1, jnp.int32), jnp.full((batch, top_n), -jnp.inf, jnp.float32))
 
         # positions where every row is still reading its prompt (all of a step's prefill) or
         # has finished need no draw: skip the sampling pipeline there
-        tokens, drawn_logprobs = lax.cond(jnp.any(taking), draw, skip)
+        tokens, drawn_logprobs, drawn_ids, drawn_top = lax.cond(jnp.any(taking), draw, skip)
         column = jnp.where(taking, tokens, lax.dynamic_index_in_dim(ids, t + 1, axis=1, keepdims=False))
         ids = lax.dynamic_update_index_in_dim(ids, column, t + 1, axis=1)
         if logprobs is not None:
             drawn_logprobs = jnp.where(taking, drawn_logprobs, 0.0)
             logprobs = lax.dynamic_update_index_in_dim(logprobs, drawn_logprobs, t + 1, axis=1)
+        if top_n:
+            drawn_ids = jnp.where(taking[:, None], drawn_ids, -1)
+            drawn_top = jnp.where(taking[:, None], drawn_top, -jnp.inf)
+            top_ids = lax.dynamic_update_index_in_dim(top_ids, drawn_ids, t + 1, axis=1)
+            top_logprobs = lax.dynamic_update_index_in_dim(top_logprobs, drawn_top, t + 1, axis=1)
         generated = generated + taking
         stopped = generated >= max_new_tokens
         if eos is not None:
             stopped = stopped | (tokens == eos)
         finished = finished | (taking & stopped)
-        return t + 1, ids, logprobs, finished, generated, calls + 1, state
+        return t + 1, ids, logprobs, top_ids, top_logprobs, finished, generated, calls + 1, state
 
     def cond(carry: tuple[Any, ...]) -> Any:
-        t, finished = carry[0], carry[3]
+        t, finished = carry[0], carry[5]
         return (t < total - 1) & ~jnp.all(finished)
 
     first = jnp.int32(0) if stateful else jnp.min(lengths).astype(jnp.int32) - 1
-    carry = (first, ids, logprobs, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.int32), jnp.int32(0), state)
-    _, ids, logprobs, _, generated, calls, state = lax.while_loop(cond, body, carry)
-    return ids, generated, logprobs, calls, state if stateful else None
+    carry = (first, ids, logprobs, top_ids, top_logprobs, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.int32),
+             jnp.int32(0), state)
+    _, ids, logprobs, top_ids, top_logprobs, _, generated, calls, state = lax.while_loop(cond, body, carry)
+    return ids, generated, logprobs, calls, state if stateful else None, top_ids, top_logprobs

@@ -44,7 +44,7 @@ from agnostic_sampling import _dispatch
 from agnostic_sampling._checks import check_logits
 from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._decode import Request
-from agnostic_sampling._decode import token_logprobs
+from agnostic_sampling._decode import check_top_logprobs
 from agnostic_sampling._decode import wrong_shape
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
@@ -58,6 +58,8 @@ from agnostic_sampling.backends import numpy as numpy_backend
 
 __all__ = ["GenerateResult", "generate", "generate_with_state"]
 
+_LOGPROB_KINDS = ("processed", "raw")
+
 
 class GenerateResult(NamedTuple):
     """What a decode loop returns (a NamedTuple, so a JAX pytree).
@@ -65,14 +67,22 @@ class GenerateResult(NamedTuple):
     Attributes:
         ids: ``(B, P + max_new_tokens)``: each row's prompt, its generated tokens, then ``pad_id``.
         num_generated: ``(B,)``: how many tokens each row generated, its EOS included.
-        logprobs: ``None`` unless ``return_logprobs=True``; then an array shaped like ``ids``
-            holding each generated token's log-probability under the processed distribution
-            (``log probs(logits, ...)[token]``), and 0 at prompt and padding positions, so that a
-            row's sum is the log-probability of its continuation. float32 on JAX; on NumPy, the
-            precision `probs` computes in (float64 for float64 logits).
+        logprobs: ``None`` unless ``return_logprobs`` is set; then an array shaped like ``ids``
+            holding each generated token's log-probability (as `logprobs` gives it: under the
+            processed distribution, ``log probs(logits, ...)[token]``, for ``True`` or
+            ``"processed"``; ``log_softmax(logits)[token]`` for ``"raw"``), and 0 at prompt and
+            padding positions, so that a row's sum is the log-probability of its continuation.
+            float32 on JAX; on NumPy, the precision `probs` computes in (float64 for float64
+            logits).
         model_calls: how many times the model (or step function) was called; on JAX, how many
             iterations the loop ran.
         state: the step function's final state (`generate_with_state`); ``None`` for `generate`.
+        top_ids: ``None`` unless ``top_logprobs > 0``; then ``(B, P + max_new_tokens,
+            top_logprobs)``: at each generated position, the most likely tokens of the
+            distribution the token's log-probability is taken under (`logprobs`'s ``top_ids``:
+            descending, ties by smaller index); -1 at prompt and padding positions.
+        top_logprobs: ``None`` unless ``top_logprobs > 0``; their log-probabilities, same shape,
+            ``-inf`` at prompt and padding positions; the dtype of ``logprobs``.
     """
 
     ids: Any
@@ -80,6 +90,8 @@ class GenerateResult(NamedTuple):
     logprobs: Any
     model_calls: Any
     state: Any = None
+    top_ids: Any = None
+    top_logprobs: Any = None
 
 
 def generate(
@@ -92,7 +104,8 @@ def generate(
     eos_id: int | None = None,
     pad_id: int = 0,
     prompt_lengths: Any = None,
-    return_logprobs: bool = False,
+    return_logprobs: bool | str = False,
+    top_logprobs: int = 0,
     temperature: Any = 1.0,
     top_k: Any = None,
     top_p: Any = None,
@@ -145,18 +158,27 @@ def generate(
             ``pad_id`` at or before its current position), or decode with `generate_with_state`,
             whose step gets one token per row and can keep the model's own mask in its state.
         prompt_lengths: ``(B,)`` real length of each row (``1 <= L <= P``); ``None``: all ``P``.
-        return_logprobs: also return each generated token's log-probability (one more pipeline
-            pass per position, through `process_logits`).
+        return_logprobs: also return each generated token's log-probability (one more pass per
+            position, through `logprobs`): ``True`` or ``"processed"``: under the distribution the
+            token was sampled from; ``"raw"``: under ``log_softmax`` of the model's logits (no
+            temperature, no truncation; see the README's "Log-probabilities" section).
+        top_logprobs: with ``return_logprobs``, also return this many alternatives per generated
+            position (``top_ids`` / ``top_logprobs``), under the same distribution;
+            ``0 <= top_logprobs <= V``. Static on JAX (each value compiles once).
         temperature, top_k, top_p, min_p, min_keep, params: as in `sample`, per row allowed.
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``prompt``.
 
     Returns:
         A `GenerateResult`: ``ids`` ``(B, P + max_new_tokens)`` (int64 on NumPy, int32 on JAX),
-        ``num_generated``, ``logprobs`` (or ``None``), ``model_calls``.
+        ``num_generated``, ``logprobs`` (or ``None``), ``model_calls``, and ``top_ids`` /
+        ``top_logprobs`` when ``top_logprobs > 0`` (else ``None``).
 
     Raises:
         ValueError: an empty prompt or row, a length longer than the prompt, ``max_new_tokens
-            < 1``, a model that returns logits of the wrong shape (expected and got are named).
+            < 1``, a model that returns logits of the wrong shape (expected and got are named),
+            ``return_logprobs`` not one of the values above, ``top_logprobs`` below 0, above
+            ``V`` (checked at the first model call, or at trace time on JAX), or set without
+            ``return_logprobs``.
 
     Example:
         >>> import numpy as np, agnostic_sampling as smp
@@ -169,8 +191,8 @@ def generate(
         ([[0, 1, 2, 3, -1], [2, 3, -1, -1, -1]], [2, 1])
     """
     request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-                       backend, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                       min_keep=min_keep)
+                       top_logprobs, backend, params, temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, min_keep=min_keep)
     if context_size is not None:
         context_size = _positive_int("context_size", context_size)
     if request.backend == "numpy":
@@ -191,7 +213,8 @@ def generate_with_state(
     eos_id: int | None = None,
     pad_id: int = 0,
     prompt_lengths: Any = None,
-    return_logprobs: bool = False,
+    return_logprobs: bool | str = False,
+    top_logprobs: int = 0,
     temperature: Any = 1.0,
     top_k: Any = None,
     top_p: Any = None,
@@ -219,8 +242,9 @@ def generate_with_state(
     step computes the same logits.
 
     Args:
-        key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs, temperature,
-            top_k, top_p, min_p, min_keep, params, backend: as in `generate`.
+        key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
+            top_logprobs, temperature, top_k, top_p, min_p, min_keep, params, backend: as in
+            `generate`.
         step: ``(state, ids (B,)) -> (logits (B, V), new_state)``.
         state: the step's initial state.
 
@@ -239,8 +263,8 @@ def generate_with_state(
         ([[0, 1, 2, 3, 0]], 3)
     """
     request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-                       backend, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                       min_keep=min_keep)
+                       top_logprobs, backend, params, temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, min_keep=min_keep)
     if request.backend == "numpy":
         return _NumpyLoop(request, step=step, state=state).run()
     from agnostic_sampling import _generate_jax  # imports JAX: only once the JAX backend is chosen
@@ -266,8 +290,32 @@ def _token_id(name: str, value: Any) -> int:
     return int(value)
 
 
+def _logprob_options(return_logprobs: Any, top_logprobs: Any) -> tuple[str | None, int]:
+    """``(kind or None, top_n)`` from `generate`'s ``return_logprobs`` and ``top_logprobs``."""
+    if return_logprobs is None or (isinstance(return_logprobs, (bool, np.bool_)) and not return_logprobs):
+        kind = None
+    elif isinstance(return_logprobs, (bool, np.bool_)):
+        kind = "processed"
+    elif isinstance(return_logprobs, str) and return_logprobs in _LOGPROB_KINDS:
+        kind = return_logprobs
+    else:
+        raise ValueError(f"return_logprobs must be one of False, True, 'processed' (the same as True) "
+                         f"or 'raw', got {return_logprobs!r}")
+    if isinstance(top_logprobs, (bool, np.bool_)) or not isinstance(top_logprobs, (int, np.integer)):
+        raise TypeError(f"top_logprobs must be an int (static on JAX), got "
+                        f"{type(top_logprobs).__name__} {top_logprobs!r}")
+    if top_logprobs < 0:
+        raise ValueError(f"top_logprobs must be >= 0 (how many alternatives per position), got "
+                         f"{int(top_logprobs)}")
+    if top_logprobs and kind is None:
+        raise ValueError(f"top_logprobs={int(top_logprobs)} needs return_logprobs: pass "
+                         f"return_logprobs='processed' (the sampling distribution) or 'raw' "
+                         f"(log_softmax of the logits) to say which distribution they come from")
+    return kind, int(top_logprobs)
+
+
 def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, prompt_lengths: Any,
-             return_logprobs: bool, backend: str | None, params: SamplingParams | None,
+             return_logprobs: Any, top_logprobs: Any, backend: str | None, params: SamplingParams | None,
              **keywords: Any) -> Request:
     """Validate everything that can be checked before the loop, and pick the backend once.
 
@@ -289,6 +337,7 @@ def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: An
     max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
     eos_id = None if eos_id is None else _token_id("eos_id", eos_id)
     pad_id = _token_id("pad_id", pad_id)
+    kind, top_n = _logprob_options(return_logprobs, top_logprobs)
 
     resolved = resolve_params(params, **keywords)
     validate_params(resolved, (batch,))
@@ -296,8 +345,7 @@ def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: An
     rng = as_backend_key(key, module, prompt, argument="prompt")
     if isinstance(rng, SeedWords):  # one (seed, position) per row, advanced per position by the loop
         rng = per_row(rng, batch, np if name == "numpy" else module.jnp)
-    return Request(name, rng, prompt, lengths, max_new_tokens, eos_id, pad_id, bool(return_logprobs),
-                   resolved)
+    return Request(name, rng, prompt, lengths, max_new_tokens, eos_id, pad_id, kind, top_n, resolved)
 
 
 def _lengths(prompt_lengths: Any, batch: int, width: int, backend: str) -> Any:
@@ -361,9 +409,10 @@ class _NumpyLoop:
         self.vocab = shape[-1]
         return logits
 
-    def draw(self, t: int, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One token per row from the logits of position ``t + 1``, and its log-probability
-        when asked; bad logits are reported with the position that produced them."""
+    def draw(self, t: int, logits: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """One token per row from the logits of position ``t + 1``, and when asked its
+        log-probability, top ids and top log-probabilities; bad logits are reported with the
+        position that produced them."""
         request = self.request
         try:
             check_logits(logits)
@@ -373,10 +422,13 @@ class _NumpyLoop:
         except ValueError as error:
             raise ValueError(f"the logits for position {t + 1} (fed through position {t}): "
                              f"{error}") from error
-        if not request.return_logprobs:
+        if request.logprob_kind is None:
             return tokens, None
-        processed, _ = numpy_backend.process_logits(logits, request.params)  # rows checked above
-        return tokens, token_logprobs(processed, tokens, np)
+        # rows checked above, so the fields are there
+        fields, _ = numpy_backend.logprobs(logits, tokens, request.params, request.logprob_kind,
+                                           request.top_logprobs)
+        token, _, top_ids, top_logprobs, _, _ = fields
+        return tokens, (token, top_ids, top_logprobs)
 
     def run(self) -> GenerateResult:
         request = self.request
@@ -386,7 +438,8 @@ class _NumpyLoop:
         ids = np.full((batch, total), request.pad_id, np.int64)
         in_prompt = positions[None, :width] < request.lengths[:, None]
         ids[:, :width] = np.where(in_prompt, request.prompt, request.pad_id)
-        logprobs = None  # allocated at the first draw, in the logits' precision
+        logprobs = top_ids = top_logprobs = None  # allocated at the first draw, in the logits' precision
+        top_n = request.top_logprobs
         finished = np.zeros(batch, bool)
         generated = np.zeros(batch, np.int64)
         first_sampled = int(request.lengths.min()) - 1  # no row samples before this position
@@ -394,15 +447,24 @@ class _NumpyLoop:
         for t in range(0 if self.step is not None else first_sampled, total - 1):
             logits = self.logits_at(t, ids)
             calls += 1
+            if calls == 1:
+                check_top_logprobs(top_n, logits.shape[-1])
             taking = ~finished & (request.lengths <= t + 1)
             if not taking.any():
                 continue  # every row is reading its prompt (a step's prefill) or has finished
-            tokens, drawn_logprobs = self.draw(t, logits)
+            tokens, drawn = self.draw(t, logits)
             ids[taking, t + 1] = tokens[taking]
-            if drawn_logprobs is not None:
+            if drawn is not None:
+                token, drawn_ids, drawn_top = drawn
                 if logprobs is None:
-                    logprobs = np.zeros((batch, total), drawn_logprobs.dtype)
-                logprobs[taking, t + 1] = drawn_logprobs[taking]
+                    logprobs = np.zeros((batch, total), token.dtype)
+                    if top_n:
+                        top_ids = np.full((batch, total, top_n), -1, np.int64)
+                        top_logprobs = np.full((batch, total, top_n), -np.inf, token.dtype)
+                logprobs[taking, t + 1] = token[taking]
+                if top_n:
+                    top_ids[taking, t + 1] = drawn_ids[taking]
+                    top_logprobs[taking, t + 1] = drawn_top[taking]
             generated += taking
             stopped = generated >= request.max_new_tokens
             if request.eos_id is not None:
@@ -410,4 +472,4 @@ class _NumpyLoop:
             finished |= taking & stopped
             if finished.all():
                 break
-        return GenerateResult(ids, generated, logprobs, calls, self.state)
+        return GenerateResult(ids, generated, logprobs, calls, self.state, top_ids, top_logprobs)

@@ -80,9 +80,12 @@ class Decoder:
 
     @staticmethod
     def numpy(result: smp.GenerateResult) -> smp.GenerateResult:
-        logprobs = None if result.logprobs is None else np.asarray(result.logprobs)
+        def host(x: Any) -> Any:
+            return None if x is None else np.asarray(x)
+
         return result._replace(ids=np.asarray(result.ids), num_generated=np.asarray(result.num_generated),
-                               logprobs=logprobs, model_calls=int(result.model_calls))
+                               logprobs=host(result.logprobs), model_calls=int(result.model_calls),
+                               top_ids=host(result.top_ids), top_logprobs=host(result.top_logprobs))
 
 
 def _jax_backend_available() -> bool:
@@ -268,6 +271,128 @@ def test_logprobs_are_under_the_processed_distribution(dec, seed):
             p = smp.probs(TABLE[previous], **row_params)
             assert out.logprobs[row, position] == pytest.approx(np.log(p[token]), abs=1e-5)
     assert np.all(out.logprobs[2] == 0)  # a greedy row: every token has probability 1
+
+
+# Log-probabilities of either kind, with the top-n alternatives: one shared configuration (on JAX
+# each kind and top_n compiles once)
+MIXED = strategy(temperature=np.array([0.7, 1.0, 0.0]), top_k=np.array([4, 0, 0]),
+                 top_p=np.array([1.0, 0.8, 1.0]))
+TOP = 3
+MIXED_PROMPT, MIXED_LENGTHS = [[1, 2, 0], [3, 0, 0], [5, 0, 0]], [2, 1, 1]
+
+
+def with_kind(dec: Decoder, key: Any, kind: Any, top: int = TOP, params: Any = MIXED) -> smp.GenerateResult:
+    return dec.run(key, dec.model, MIXED_PROMPT, prompt_lengths=MIXED_LENGTHS, params=params,
+                   **{**STANDARD, "return_logprobs": kind}, top_logprobs=top)
+
+
+def generated_positions(out: smp.GenerateResult) -> np.ndarray:
+    """``(B, P + N)`` True where a row's token was generated."""
+    positions = np.arange(out.ids.shape[1])
+    start = np.array(MIXED_LENGTHS)[:, None]
+    return (positions >= start) & (positions < start + out.num_generated[:, None])
+
+
+@pytest.mark.parametrize("kind", ["processed", "raw"])
+def test_logprobs_of_either_kind_match_a_loop_of_logprobs_calls(dec, seed, kind):
+    out = with_kind(dec, dec.key(seed), kind)
+    generated = generated_positions(out)
+    assert out.top_ids.shape == out.top_logprobs.shape == out.ids.shape + (TOP,)
+    assert out.top_ids.dtype == (np.int64 if dec.name == "numpy" else np.int32)
+    assert out.top_logprobs.dtype == out.logprobs.dtype
+    # prompt and padding positions: 0, -1 and -inf
+    assert np.all(out.logprobs[~generated] == 0)
+    assert np.all(out.top_ids[~generated] == -1) and np.all(out.top_logprobs[~generated] == -np.inf)
+    # each generated position against `smp.logprobs` of the bigram's logits for the token before it
+    for position in range(1, out.ids.shape[1]):
+        rows = generated[:, position]
+        if not rows.any():
+            continue
+        logits = dec.array(TABLE[np.where(rows, out.ids[:, position - 1], 0)])
+        tokens = dec.array(np.where(rows, out.ids[:, position], 0))
+        expected = smp.logprobs(logits, tokens, kind=kind, top_n=TOP, params=MIXED)
+        np.testing.assert_allclose(out.logprobs[rows, position], np.asarray(expected.token)[rows], atol=1e-6)
+        assert out.top_ids[rows, position].tolist() == np.asarray(expected.top_ids)[rows].tolist()
+        np.testing.assert_allclose(out.top_logprobs[rows, position], np.asarray(expected.top_logprobs)[rows],
+                                   atol=1e-6)
+    # the alternatives are descending, led by the most likely token
+    top = out.top_logprobs[generated]
+    assert np.all(top[:, :-1] >= top[:, 1:])
+    assert np.all(out.logprobs[generated] <= top[:, 0] + 1e-6)
+
+
+def test_raw_and_processed_differ_where_the_parameters_reshape_the_distribution(dec, seed):
+    key_seed = seed % 1000
+    processed, raw = (with_kind(dec, dec.key(key_seed), kind) for kind in ("processed", "raw"))
+    plain = with_kind(dec, dec.key(key_seed), True, top=0)
+    # log-probabilities draw nothing: the same key gives the same ids whatever is returned
+    assert processed.ids.tolist() == raw.ids.tolist() == plain.ids.tolist()
+    np.testing.assert_array_equal(plain.logprobs, processed.logprobs)  # True is "processed"
+    assert plain.top_ids is None and plain.top_logprobs is None
+    generated = generated_positions(raw)
+    # the greedy row 2: probability 1 when processed, a proper log_softmax value when raw
+    assert np.all(processed.logprobs[2][generated[2]] == 0)
+    assert np.all(raw.logprobs[2][generated[2]] < 0)
+    # row 1 (temperature 1, top-p 0.8): processed = raw - log(kept mass) > raw on kept tokens
+    assert np.all(processed.logprobs[1][generated[1]] > raw.logprobs[1][generated[1]])
+    # raw: every token has a finite log-probability; processed greedy: one token, then -inf
+    assert np.all(np.isfinite(raw.top_logprobs[generated]))
+    assert np.all(processed.top_logprobs[2][generated[2]] == [0, -np.inf, -np.inf])
+
+
+def test_numpy_and_jax_give_the_same_log_probabilities_for_a_seed():
+    if not _jax_backend_available():
+        pytest.skip("the JAX backend of sample is not available")
+    results = {}
+    for name in ("numpy", "jax"):
+        dec = _decoder(name)
+        results[name] = [with_kind(dec, smp.Seed(11, 0), kind) for kind in ("processed", "raw")]
+    for on_numpy, on_jax in zip(results["numpy"], results["jax"], strict=True):
+        assert on_numpy.ids.tolist() == on_jax.ids.tolist()  # a Seed: the same tokens on both
+        np.testing.assert_allclose(on_numpy.logprobs, on_jax.logprobs, atol=1e-5)
+        assert on_numpy.top_ids.tolist() == on_jax.top_ids.tolist()
+        np.testing.assert_allclose(on_numpy.top_logprobs, on_jax.top_logprobs, atol=1e-5)
+
+
+def test_jax_compiles_once_per_kind_and_top_n(jax_dec):
+    import jax
+
+    with_kind(jax_dec, jax.random.key(0), "raw")
+    after_first = jax_dec.traces
+    other = strategy(np.array([1.5, 0.2, 0.9]), np.array([0, 2, 6]), np.array([0.5, 1.0, 0.7]))
+    for key in (jax.random.key(1), 3, smp.Seed(5, 2)):
+        out = with_kind(jax_dec, key, "raw", params=other)
+        assert out.top_ids.shape == out.ids.shape + (TOP,)
+    assert jax_dec.traces == after_first  # parameter values, keys: the same compiled loop
+
+
+@pytest.mark.parametrize("keywords, error, match", [
+    (dict(return_logprobs="log"), ValueError, "return_logprobs must be one of False, True, 'processed'"),
+    (dict(return_logprobs=1), ValueError, "'raw', got 1"),
+    (dict(return_logprobs="raw", top_logprobs=-1), ValueError, "top_logprobs must be >= 0"),
+    (dict(return_logprobs="raw", top_logprobs=2.0), TypeError, "top_logprobs must be an int"),
+    (dict(return_logprobs="raw", top_logprobs=True), TypeError, "top_logprobs must be an int"),
+    (dict(top_logprobs=2), ValueError, "top_logprobs=2 needs return_logprobs"),
+    (dict(return_logprobs="processed", top_logprobs=V + 1), ValueError,
+     rf"top_logprobs must be in \[0, {V}\] \(the vocabulary size"),
+])
+def test_bad_logprob_options_are_refused(dec, keywords, error, match):
+    calls = dec.traces
+    with pytest.raises(error, match=match):
+        dec.run(0, dec.model, [[1, 2]], max_new_tokens=2, **keywords)
+    if "top_logprobs" not in keywords or keywords["top_logprobs"] <= V:
+        assert dec.traces == calls  # refused before the model is called or traced
+
+
+def test_stateful_form_checks_top_logprobs_against_the_step_vocabulary(dec):
+    step, state = cached_bigram_step(dec)
+    with pytest.raises(ValueError, match=rf"top_logprobs must be in \[0, {V}\]"):
+        dec.run_with_state(0, step, state, [[1, 2, 3]] * B, max_new_tokens=2, return_logprobs="raw",
+                           top_logprobs=V + 3)
+    out = dec.run_with_state(0, step, state, [[1, 2, 3]] * B, max_new_tokens=2, return_logprobs="raw",
+                             top_logprobs=V)
+    assert out.top_ids[:, P:P + 2].shape == (B, 2, V)
+    assert np.all(np.sort(out.top_ids[:, P:P + 2], axis=-1) == np.arange(V))  # all V tokens ranked
 
 
 def test_first_token_distribution(dec, seed):
