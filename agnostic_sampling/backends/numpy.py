@@ -48,6 +48,7 @@ from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _acceptance
+from agnostic_sampling.backends import _shaping
 
 BLOCK = 256  # logits per block of the block-maximum pass
 MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unknown (top-p, min-p)
@@ -83,6 +84,15 @@ def _rows(logits: np.ndarray) -> np.ndarray:
     """The logits as a 2-D (rows, V) array in compute precision (float32, or float64)."""
     dtype = np.float64 if logits.dtype == np.float64 else np.float32
     return logits.reshape(-1, logits.shape[-1]).astype(dtype, copy=False)
+
+
+def _shaped_rows(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """`_rows`, then the logit shaping when ``params`` asks for it (a new array: the caller's
+    logits are never written)."""
+    x = _rows(logits)
+    if _shaping.present(params):
+        x = _shaping.shape(x, params, logits.shape[:-1], np)
+    return x
 
 
 def _row_values(value: Any, batch_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -565,8 +575,8 @@ def greedy(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
     """Tempered logits, ``-inf`` outside each row's kept set."""
-    x = _rows(logits)
     batch_shape = logits.shape[:-1]
+    x = _shaped_rows(logits, params)
     prm = _Rows.from_params(params, batch_shape, x.dtype)
     kept, status = _pipeline(x, prm)
     if kept is None:
@@ -595,8 +605,8 @@ def probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None
 def sample(key: np.random.Generator, logits: np.ndarray,
            params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
     """One exact draw per row from the kept set, by inverse CDF on two uniforms per row."""
-    x = _rows(logits)
     batch_shape = logits.shape[:-1]
+    x = _shaped_rows(logits, params)
     prm = _Rows.from_params(params, batch_shape, x.dtype)
     uniform = key.random((x.shape[0], 2))
     kept, status = _pipeline(x, prm)
