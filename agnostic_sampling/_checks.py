@@ -66,4 +66,6 @@ def raise_bad_rows(status: Any, shape: tuple[int, ...], *, shaped: bool = False)
     problem = _ROW_PROBLEMS[code]
     if shaped and code == ROW_NO_FINITE:
         problem = "has no finite logit after logit_bias, penalties and allowed/banned/vocab_size masks"
+    elif shaped:
+        problem += " (after logit_bias and penalties: a bias must be finite or -inf)"
     raise ValueError(f"logits {where} {problem}")
