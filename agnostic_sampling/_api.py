@@ -18,6 +18,7 @@ from agnostic_sampling._checks import check_logits
 from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
+from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
@@ -36,10 +37,16 @@ def _prepare(logits: Any, backend: str | None) -> tuple[Any, Any]:
     return module, array
 
 
-def _params(params: SamplingParams | None, batch_shape: tuple[int, ...], **keywords: Any) -> SamplingParams:
+def _params(params: SamplingParams | None, batch_shape: tuple[int, ...], vocab: int | None = None,
+            **keywords: Any) -> SamplingParams:
+    """The parameters from either spelling, checked against the batch shape and vocabulary."""
     resolved = resolve_params(params, **keywords)
-    validate_params(resolved, batch_shape)
+    validate_params(resolved, batch_shape, vocab)
     return resolved
+
+
+def _shaping_given(params: SamplingParams) -> bool:
+    return any(getattr(params, name) is not None for name in SHAPING_FIELDS)
 
 
 def sample(
@@ -51,13 +58,24 @@ def sample(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    logit_bias: Any = None,
+    allowed: Any = None,
+    banned: Any = None,
+    vocab_size: Any = None,
+    history: Any = None,
+    history_lengths: Any = None,
+    repetition_penalty: Any = None,
+    frequency_penalty: Any = None,
+    presence_penalty: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> Any:
     """Draw one token id per row from the processed distribution of ``logits``.
 
-    The pipeline is temperature, top-k, top-p, min-p (the README's "Semantics" section), each
-    step optional and each parameter a scalar or a per-row array. The draw is exact: a token
+    The pipeline is the logit shaping (bias, penalties, masks: README "Logit shaping"), then
+    temperature, top-k, top-p, min-p, each step optional and each parameter a scalar or a
+    per-row array. A row that the shaping leaves with no finite logit is an error (id ``-1``
+    under ``jit``). The draw is exact: a token
     outside the kept set is never returned.
 
     Args:
@@ -70,6 +88,17 @@ def sample(
         top_p: keep the smallest set whose mass reaches ``p``, with ties; ``1`` disables.
         min_p: keep tokens with probability at least ``min_p`` times the largest; ``0`` disables.
         min_keep: no truncation step leaves fewer than this many tokens.
+        logit_bias: ``(..., V)`` added to the logits first (``-inf`` bans a token).
+        allowed: tokens a row may take, boolean ``(..., V)`` or a packed bitmask of uint32 words
+            ``(..., ceil(V / 32))`` (bit ``j`` of word ``w`` is token ``32 * w + j``).
+        banned: tokens a row may not take, in either mask format.
+        vocab_size: tokens at or past it are masked (a padded vocabulary's tail).
+        history: ``(..., T)`` token ids the penalties count (``-1`` is padding); all of it counts.
+        history_lengths: ``(...)`` valid entries per row of ``history`` (default ``T``).
+        repetition_penalty: ``r > 0``: a token of the history has its logit divided by ``r`` if
+            positive, multiplied by ``r`` if negative (``1`` disables).
+        frequency_penalty: subtracted once per occurrence in the history.
+        presence_penalty: subtracted once from every token present in the history.
         params: a `SamplingParams` instead of the keywords above (not both).
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``logits``.
 
@@ -83,11 +112,14 @@ def sample(
         [0, 1]
     """
     module, array = _prepare(logits, backend)
-    resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, min_keep=min_keep)
+    resolved = _params(params, array.shape[:-1], array.shape[-1], temperature=temperature, top_k=top_k,
+                       top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
+                       banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
+                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty)
     rng = as_backend_key(key, module, array)
     ids, status = module.sample(rng, array, resolved)
-    raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
     return ids
 
 
@@ -113,6 +145,15 @@ def process_logits(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    logit_bias: Any = None,
+    allowed: Any = None,
+    banned: Any = None,
+    vocab_size: Any = None,
+    history: Any = None,
+    history_lengths: Any = None,
+    repetition_penalty: Any = None,
+    frequency_penalty: Any = None,
+    presence_penalty: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> Any:
@@ -127,10 +168,13 @@ def process_logits(
         [0.0, -inf, -1.0]
     """
     module, array = _prepare(logits, backend)
-    resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, min_keep=min_keep)
+    resolved = _params(params, array.shape[:-1], array.shape[-1], temperature=temperature, top_k=top_k,
+                       top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
+                       banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
+                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty)
     out, status = module.process_logits(array, resolved)
-    raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
     return out
 
 
@@ -142,12 +186,22 @@ def probs(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    logit_bias: Any = None,
+    allowed: Any = None,
+    banned: Any = None,
+    vocab_size: Any = None,
+    history: Any = None,
+    history_lengths: Any = None,
+    repetition_penalty: Any = None,
+    frequency_penalty: Any = None,
+    presence_penalty: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> Any:
     """The distribution that `sample` draws from: ``softmax(process_logits(logits, ...))``.
 
-    Returned as float32 (float64 for float64 input), zero outside the kept set.
+    Takes the keywords of `sample`. Returned as float32 (float64 for float64 input), zero
+    outside the kept set.
 
     Example:
         >>> import numpy as np, agnostic_sampling as smp
@@ -155,10 +209,13 @@ def probs(
         [0.625, 0.375, 0.0]
     """
     module, array = _prepare(logits, backend)
-    resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, min_keep=min_keep)
+    resolved = _params(params, array.shape[:-1], array.shape[-1], temperature=temperature, top_k=top_k,
+                       top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
+                       banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
+                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty)
     out, status = module.probs(array, resolved)
-    raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
     return out
 
 

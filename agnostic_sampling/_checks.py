@@ -38,12 +38,14 @@ def check_logits(array: Any) -> None:
         raise ValueError(f"logits must have a vocabulary of at least one token, got shape {array.shape}")
 
 
-def raise_bad_rows(status: Any, shape: tuple[int, ...]) -> None:
+def raise_bad_rows(status: Any, shape: tuple[int, ...], *, shaped: bool = False) -> None:
     """Report the first bad row of a concrete status array (skipped under tracing).
 
     Args:
         status: the per-row codes a backend function returned, shape ``shape[:-1]``.
         shape: the logits' shape, to name the row.
+        shaped: the logits went through logit shaping (bias, penalties, masks), which can
+            leave a row with no finite logit; the message then says so.
 
     Raises:
         ValueError: naming the first row whose status is not ``ROW_OK`` and what is wrong with it.
@@ -61,4 +63,9 @@ def raise_bad_rows(status: Any, shape: tuple[int, ...]) -> None:
         where = f"row {tuple(int(i) for i in row)}"
     else:
         where = f"row {int(row[0])}" if row else "the logits"
-    raise ValueError(f"logits {where} {_ROW_PROBLEMS[code]}")
+    problem = _ROW_PROBLEMS[code]
+    if shaped and code == ROW_NO_FINITE:
+        problem = "has no finite logit after logit_bias, penalties and allowed/banned/vocab_size masks"
+    elif shaped:
+        problem += " (after logit_bias and penalties: a bias must be finite or -inf)"
+    raise ValueError(f"logits {where} {problem}")

@@ -16,7 +16,8 @@ import numpy as np
 from agnostic_sampling._dispatch import is_jax_array
 from agnostic_sampling._dispatch import is_tracer
 
-__all__ = ["FIELDS", "OFF", "SamplingParams", "register_pytree", "resolve_params", "validate_params"]
+__all__ = ["FIELDS", "OFF", "SHAPING_FIELDS", "SamplingParams", "register_pytree", "reject_shaping",
+           "resolve_params", "validate_params"]
 
 # The value that turns each step off for one row (``None`` turns it off for every row). The one
 # table of these values: backends, the oracle, the CLI and the benchmarks all read it.
@@ -35,15 +36,17 @@ def register_pytree() -> None:
     if not _registered:
         import jax.tree_util
 
+        every = FIELDS + SHAPING_FIELDS
+
         def flatten_with_keys(params: SamplingParams) -> tuple[list[tuple[Any, Any]], None]:
-            return [(jax.tree_util.GetAttrKey(name), getattr(params, name)) for name in FIELDS], None
+            return [(jax.tree_util.GetAttrKey(name), getattr(params, name)) for name in every], None
 
         def flatten(params: SamplingParams) -> tuple[list[Any], None]:
-            return [getattr(params, name) for name in FIELDS], None
+            return [getattr(params, name) for name in every], None
 
         def unflatten(_: None, values: Any) -> SamplingParams:
             params = object.__new__(SamplingParams)
-            for name, value in zip(FIELDS, values, strict=True):
+            for name, value in zip(every, values, strict=True):
                 object.__setattr__(params, name, value)
             return params
 
@@ -171,6 +174,16 @@ class SamplingParams:
     top_p: Any = None
     min_p: Any = None
     min_keep: Any = 1
+    # Logit shaping (README "Logit shaping"): applied to the raw logits before temperature.
+    logit_bias: Any = None
+    allowed: Any = None
+    banned: Any = None
+    vocab_size: Any = None
+    history: Any = None
+    history_lengths: Any = None
+    repetition_penalty: Any = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
 
     def __post_init__(self) -> None:
         # Once JAX is in use, register this class as a pytree, so that params can go into
@@ -181,7 +194,10 @@ class SamplingParams:
             object.__setattr__(self, name, _canonical(name, getattr(self, name)))
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+# The shaping fields, checked by `validate_shaping`; FIELDS are the per-row sampling parameters.
+SHAPING_FIELDS = ("logit_bias", "allowed", "banned", "vocab_size", "history", "history_lengths",
+                  "repetition_penalty", "frequency_penalty", "presence_penalty")
+FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name not in SHAPING_FIELDS)
 _DEFAULTS = SamplingParams()
 
 
@@ -272,8 +288,14 @@ def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must be {allowed}, got {_first(array, bad)}")
 
 
-def validate_params(params: SamplingParams, batch_shape: tuple[int, ...]) -> None:
-    """Check every concrete field of ``params`` against the README's "Bad input" table; skip traced ones."""
+def validate_params(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None) -> None:
+    """Check every concrete field of ``params`` against the README's "Bad input" table; skip
+    traced ones.
+
+    ``vocab`` (the logits' last dimension) is needed to check the shaping fields' shapes and ids;
+    without it only their dtypes and values are checked.
+    """
+    validate_shaping(params, batch_shape, vocab)
     for name in FIELDS:
         value = getattr(params, name)
         if value is None:
@@ -284,3 +306,135 @@ def validate_params(params: SamplingParams, batch_shape: tuple[int, ...]) -> Non
             _check_dtype(name, value.dtype)
             continue
         _check(name, value, batch_shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Logit shaping: bias, masks, penalties (README "Logit shaping")
+
+
+def reject_shaping(params: SamplingParams, caller: str) -> None:
+    """Raise where logit shaping is not supported yet (the decode loops, speculative verification)."""
+    given = [name for name in SHAPING_FIELDS if getattr(params, name) is not None]
+    if given:
+        raise ValueError(f"{caller} does not take logit shaping yet (got {', '.join(given)}); "
+                         "apply it with process_logits or sample for now")
+
+
+def _vector_shape(name: str, array: Any, batch_shape: tuple[int, ...], width: int | None) -> None:
+    """Raise unless ``array`` of shape ``(..., width)`` broadcasts to ``batch_shape + (width,)``."""
+    if array.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., {width if width is not None else 'n'}), got a scalar")
+    if width is not None and array.shape[-1] != width:
+        raise ValueError(f"{name} has last dimension {array.shape[-1]}, expected {width} "
+                         f"(shape {tuple(array.shape)})")
+    try:
+        shape = np.broadcast_shapes(array.shape[:-1], batch_shape)
+    except ValueError:
+        shape = None
+    if shape != tuple(batch_shape):
+        raise ValueError(f"{name} has shape {tuple(array.shape)}, whose leading dimensions do not broadcast "
+                         f"to the batch shape {tuple(batch_shape)} (logits.shape[:-1])")
+
+
+def _per_row_shape(name: str, array: Any, batch_shape: tuple[int, ...]) -> None:
+    try:
+        shape = np.broadcast_shapes(array.shape, batch_shape)
+    except ValueError:
+        shape = None
+    if shape != tuple(batch_shape):
+        raise ValueError(f"{name} has shape {tuple(array.shape)}, which does not broadcast to the batch "
+                         f"shape {tuple(batch_shape)} (logits.shape[:-1])")
+
+
+def _check_mask(name: str, value: Any, batch_shape: tuple[int, ...], vocab: int | None) -> None:
+    dtype = np.dtype(value.dtype)
+    if dtype == np.bool_:
+        _vector_shape(name, value, batch_shape, vocab)
+    elif dtype == np.uint32:
+        _vector_shape(name, value, batch_shape, None if vocab is None else -(-vocab // 32))
+    else:
+        raise TypeError(f"{name} must be a boolean array (..., V) or a packed bitmask of uint32 words "
+                        f"(..., ceil(V / 32)), got dtype {dtype}")
+
+
+def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None) -> None:
+    """Check the shaping fields of ``params``: shapes and dtypes always, values when concrete.
+
+    Raises:
+        ValueError: a penalty given without ``history``, a shape that does not fit, a repetition
+            penalty <= 0 or a NaN penalty, a history id outside ``[0, V)``
+            other than the padding ``-1``, a length outside ``[0, T]``, a ``vocab_size`` < 1.
+        TypeError: a mask that is neither boolean nor uint32, non-integer ids or lengths.
+    """
+    get = {name: getattr(params, name) for name in SHAPING_FIELDS}
+    penalties = [name for name in ("repetition_penalty", "frequency_penalty", "presence_penalty")
+                 if get[name] is not None]
+    if penalties and get["history"] is None:
+        raise ValueError(f"{', '.join(penalties)} needs history= (the token ids to count, shape (..., T))")
+    if get["history_lengths"] is not None and get["history"] is None:
+        raise ValueError("history_lengths needs history=")
+
+    bias = get["logit_bias"]
+    if bias is not None:
+        bias = bias if hasattr(bias, "dtype") else np.asarray(bias)
+        if not (np.issubdtype(np.dtype(bias.dtype), np.floating) or np.dtype(bias.dtype).name == "bfloat16"
+                or np.issubdtype(np.dtype(bias.dtype), np.integer)):
+            raise TypeError(f"logit_bias must be a numeric array (..., V), got dtype {bias.dtype}")
+        # A NaN or +inf bias shows in the shaped row's status (no extra pass over (B, V) here).
+        _vector_shape("logit_bias", bias, batch_shape, vocab)
+
+    for name in ("allowed", "banned"):
+        mask = get[name]
+        if mask is not None:
+            _check_mask(name, mask if hasattr(mask, "dtype") else np.asarray(mask), batch_shape, vocab)
+
+    size = get["vocab_size"]
+    if size is not None:
+        array = size if hasattr(size, "dtype") else np.asarray(size)
+        if not np.issubdtype(np.dtype(array.dtype), np.integer) or np.dtype(array.dtype) == bool:
+            raise TypeError(f"vocab_size must be an integer, got dtype {array.dtype}")
+        _per_row_shape("vocab_size", array, batch_shape)
+        if not is_tracer(array) and np.any(np.asarray(array) < 1):
+            concrete = np.asarray(array)
+            raise ValueError(f"vocab_size must be >= 1, got {_first(concrete, concrete < 1)}")
+
+    history = get["history"]
+    if history is not None:
+        history = history if hasattr(history, "dtype") else np.asarray(history)
+        if not np.issubdtype(np.dtype(history.dtype), np.integer) or np.dtype(history.dtype) == bool:
+            raise TypeError(f"history must hold integer token ids (..., T), got dtype {history.dtype}")
+        _vector_shape("history", history, batch_shape, None)
+        if not is_tracer(history):
+            ids = np.asarray(history)
+            bad = (ids < -1) | (ids >= (np.iinfo(np.int64).max if vocab is None else vocab))
+            if bad.any():
+                raise ValueError(f"history ids must be in [0, {vocab}) or -1 (padding), "
+                                 f"got {_first(ids, bad)}")
+        lengths = get["history_lengths"]
+        if lengths is not None:
+            lengths = lengths if hasattr(lengths, "dtype") else np.asarray(lengths)
+            if not np.issubdtype(np.dtype(lengths.dtype), np.integer) or np.dtype(lengths.dtype) == bool:
+                raise TypeError(f"history_lengths must be integers, got dtype {lengths.dtype}")
+            _per_row_shape("history_lengths", lengths, batch_shape)
+            if not is_tracer(lengths):
+                concrete = np.asarray(lengths)
+                bad = (concrete < 0) | (concrete > history.shape[-1])
+                if bad.any():
+                    raise ValueError(f"history_lengths must be in [0, {history.shape[-1]}] (T), "
+                                     f"got {_first(concrete, bad)}")
+
+    for name in penalties:
+        value = get[name]
+        array = value if hasattr(value, "dtype") else np.asarray(value)
+        if np.dtype(array.dtype) == bool or not np.issubdtype(np.dtype(array.dtype), np.number):
+            raise TypeError(f"{name} must be a number or a numeric array, got dtype {array.dtype}")
+        _per_row_shape(name, array, batch_shape)
+        if is_tracer(array):
+            continue
+        concrete = np.broadcast_to(np.asarray(array, np.float64), batch_shape)
+        if name == "repetition_penalty":
+            bad, allowed = ~(concrete > 0) | ~np.isfinite(concrete), "a finite number > 0 (1 disables it)"
+        else:
+            bad, allowed = ~np.isfinite(concrete), "a finite number (0 disables it)"
+        if bad.any():
+            raise ValueError(f"{name} must be {allowed}, got {_first(concrete, bad)}")

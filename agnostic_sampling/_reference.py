@@ -12,6 +12,7 @@ import numpy as np
 
 from agnostic_sampling._api import LogprobsResult
 from agnostic_sampling._params import OFF
+from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
@@ -68,6 +69,57 @@ def _reference_kept(x: np.ndarray, temperature: float, top_k: int, top_p: float,
     return z, kept
 
 
+def _row_inputs(value: Any, batch_shape: tuple[int, ...], per_token: bool) -> np.ndarray | None:
+    """A shaping input as one entry (or one vector) per flattened row; None stays None."""
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if not per_token:
+        return np.broadcast_to(array, batch_shape).reshape(-1)
+    return np.broadcast_to(array, (*batch_shape, array.shape[-1])).reshape(-1, array.shape[-1])
+
+
+def _mask(row: np.ndarray, vocab: int) -> np.ndarray:
+    """A boolean mask row, or a packed row of uint32 words read bit by bit."""
+    if row.dtype == bool:
+        return row
+    return np.array([bool((int(row[t // 32]) >> (t % 32)) & 1) for t in range(vocab)])
+
+
+def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...]) -> np.ndarray:
+    """Bias, penalties and masks applied plainly, row by row, token by token, in float64."""
+    out = x.copy()
+    vocab = x.shape[1]
+    per_token = ("logit_bias", "allowed", "banned", "history")
+    inputs = {name: _row_inputs(getattr(resolved, name), batch_shape, name in per_token)
+              for name in SHAPING_FIELDS}
+    for i in range(out.shape[0]):
+        if inputs["logit_bias"] is not None:
+            out[i] += inputs["logit_bias"][i].astype(np.float64)
+        if inputs["history"] is not None:
+            history = inputs["history"][i]
+            length = len(history) if inputs["history_lengths"] is None else int(inputs["history_lengths"][i])
+            count: dict[int, int] = {}
+            for token in history[:length]:
+                if token != -1:
+                    count[int(token)] = count.get(int(token), 0) + 1
+            for token, c in count.items():
+                if inputs["repetition_penalty"] is not None:
+                    r = float(inputs["repetition_penalty"][i])
+                    out[i, token] = out[i, token] / r if out[i, token] > 0 else out[i, token] * r
+                if inputs["frequency_penalty"] is not None:
+                    out[i, token] -= c * float(inputs["frequency_penalty"][i])
+                if inputs["presence_penalty"] is not None:
+                    out[i, token] -= float(inputs["presence_penalty"][i])
+        if inputs["allowed"] is not None:
+            out[i, ~_mask(inputs["allowed"][i], vocab)] = -np.inf
+        if inputs["banned"] is not None:
+            out[i, _mask(inputs["banned"][i], vocab)] = -np.inf
+        if inputs["vocab_size"] is not None:
+            out[i, int(inputs["vocab_size"][i]):] = -np.inf
+    return out
+
+
 def reference_probs(
     logits: Any,
     *,
@@ -76,13 +128,22 @@ def reference_probs(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    logit_bias: Any = None,
+    allowed: Any = None,
+    banned: Any = None,
+    vocab_size: Any = None,
+    history: Any = None,
+    history_lengths: Any = None,
+    repetition_penalty: Any = None,
+    frequency_penalty: Any = None,
+    presence_penalty: Any = None,
     params: SamplingParams | None = None,
 ) -> np.ndarray:
     """The processed distribution, computed plainly in float64 NumPy: the test oracle.
 
-    Takes the same parameters as `agnostic_sampling.probs` and returns float64 probabilities of
-    the same shape as ``logits``. Slow on purpose (a Python loop over rows, a quadratic top-p);
-    use it on small vocabularies or a few rows.
+    Takes the same parameters as `agnostic_sampling.probs` (the logit shaping first) and returns
+    float64 probabilities of the same shape as ``logits``. Slow on purpose (a Python loop over
+    rows, a quadratic top-p); use it on small vocabularies or a few rows.
 
     Example:
         >>> import numpy as np
@@ -90,8 +151,11 @@ def reference_probs(
         >>> reference_probs(np.log([0.5, 0.3, 0.2]), top_p=0.6).round(3).tolist()
         [0.625, 0.375, 0.0]
     """
-    x, settings = _rows_and_settings(logits, params, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     min_p=min_p, min_keep=min_keep)
+    x, settings = _rows_and_settings(
+        logits, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
+        logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size, history=history,
+        history_lengths=history_lengths, repetition_penalty=repetition_penalty,
+        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
     out = np.empty_like(x)
     for i, row in enumerate(x):
         out[i] = _reference_row(row, *settings[i])
@@ -107,7 +171,7 @@ def _rows_and_settings(logits: Any, params: SamplingParams | None,
     x = x.astype(np.float64)
     resolved = resolve_params(params, **keywords)
     batch_shape = x.shape[:-1]
-    validate_params(resolved, batch_shape)
+    validate_params(resolved, batch_shape, x.shape[-1])
 
     def per_row(name: str) -> np.ndarray:
         value = getattr(resolved, name)
@@ -115,6 +179,8 @@ def _rows_and_settings(logits: Any, params: SamplingParams | None,
         return np.broadcast_to(column, batch_shape).reshape(-1)
 
     rows = x.reshape(-1, x.shape[-1])
+    if any(getattr(resolved, name) is not None for name in SHAPING_FIELDS):
+        rows = _shaped(rows, resolved, batch_shape)
     columns = [per_row(name) for name in ("temperature", "top_k", "top_p", "min_p", "min_keep")]
     settings = []
     for i, row in enumerate(rows):

@@ -13,6 +13,7 @@ from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import reject_shaping
 
 __all__ = ["DraftVerification", "verify_draft"]
 
@@ -131,6 +132,7 @@ def verify_draft(
     ids, probs = _check_draft(draft_ids, draft_probs, tuple(array.shape), module)
     resolved = _params(params, array.shape[:1], temperature=temperature, top_k=top_k, top_p=top_p,
                        min_p=min_p, min_keep=min_keep)
+    reject_shaping(resolved, "verify_draft")
     rng = as_backend_key(key, module, array, "target_logits")
     result, status = module.verify_draft(rng, array, ids, probs, resolved)
     raise_bad_rows(status, array.shape)

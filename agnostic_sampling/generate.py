@@ -49,6 +49,7 @@ from agnostic_sampling._decode import wrong_shape
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import reject_shaping
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
 from agnostic_sampling._seed import SeedWords
@@ -341,6 +342,7 @@ def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: An
 
     resolved = resolve_params(params, **keywords)
     validate_params(resolved, (batch,))
+    reject_shaping(resolved, "generate")
     lengths = module.asarray(_lengths(prompt_lengths, batch, width, name))
     rng = as_backend_key(key, module, prompt, argument="prompt")
     if isinstance(rng, SeedWords):  # one (seed, position) per row, advanced per position by the loop

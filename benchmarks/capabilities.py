@@ -11,7 +11,10 @@ reports both medians and their ratio:
 - ``logprobs`` (top_n = 20, each kind) against ``probs`` with the same parameters (goal: 2x);
 - ``sample`` with a ``Seed`` key against ``sample`` with an int / ``jax.random`` key, with the
   same parameters, and with temperature alone (the NumPy backend's untruncated rows pay a
-  whole-row exponential to draw in token order).
+  whole-row exponential to draw in token order);
+- ``sample`` with logit shaping (a dense bias, a packed banned mask, repetition, frequency and
+  presence penalties over a history of ``HISTORY`` tokens per row) and top-p 0.9, against
+  ``sample`` with top-p 0.9 alone: one decode step (goal: at most 1.5x).
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ import harness
 
 SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
 K = 4
+HISTORY = 2048
+NUCLEUS = {"top_p": 0.9}
+
+
+def _shaping(batch: int, vocab: int) -> dict[str, np.ndarray | float]:
+    """A decode step's shaping inputs: bias, packed banned mask, penalties over a full history."""
+    rng = np.random.default_rng(2)
+    banned = rng.random((batch, vocab)) < 0.01
+    words = np.packbits(np.pad(banned, ((0, 0), (0, -vocab % 32))), axis=-1, bitorder="little")
+    return {"logit_bias": rng.normal(0, 0.1, (batch, vocab)).astype(np.float32),
+            "banned": words.view(np.uint32),
+            "history": rng.integers(0, vocab, (batch, HISTORY)),
+            "repetition_penalty": 1.1, "frequency_penalty": 0.2, "presence_penalty": 0.1}
 
 
 def _draft(batch: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +62,8 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
     logits = harness.realistic_logits(batch, vocab, seed=2)
     tokens = np.asarray(smp.sample(0, logits, **SAMPLING))
     seed = smp.Seed(np.arange(batch), 0)
+    step = harness.realistic_logits(batch, vocab, seed=3)
+    shaping = _shaping(batch, vocab)
     out = [("verify_draft K=4 / probs", "numpy",
             lambda: smp.verify_draft(0, target, ids, q, **SAMPLING),
             lambda: smp.probs(flat, **SAMPLING))]
@@ -56,6 +74,9 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
     for name, kw in (("T 0.8 top-k 50 top-p 0.9", SAMPLING), ("T 0.8 alone", {"temperature": 0.8})):
         out.append((f"sample, Seed key / int key ({name})", "numpy",
                     lambda kw=kw: smp.sample(seed, logits, **kw), lambda kw=kw: smp.sample(0, logits, **kw)))
+    out.append(("sample: shaping + top-p / top-p", "numpy",
+                lambda: smp.sample(0, step, **shaping, **NUCLEUS),
+                lambda: smp.sample(0, step, **NUCLEUS)))
     if harness.installed("jax"):
         import jax
         import jax.numpy as jnp
@@ -75,6 +96,13 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
             out.append((f"sample, Seed key / jax key ({name})", "jax (jit)",
                         lambda kw=kw: jax.block_until_ready(smp.sample(seed, logits_j, **kw)),
                         lambda kw=kw: jax.block_until_ready(smp.sample(key, logits_j, **kw))))
+        step_j = jnp.asarray(step)
+        # traced inputs, as a decode loop would hold them (int32 history: JAX's default integer)
+        shaping_j = {name: jnp.asarray(value, jnp.int32 if name == "history" else None)
+                     for name, value in shaping.items()}
+        out.append(("sample: shaping + top-p / top-p", "jax (jit)",
+                    lambda: jax.block_until_ready(smp.sample(key, step_j, **shaping_j, **NUCLEUS)),
+                    lambda: jax.block_until_ready(smp.sample(key, step_j, **NUCLEUS))))
     return out
 
 

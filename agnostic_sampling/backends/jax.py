@@ -38,6 +38,7 @@ from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _acceptance
+from agnostic_sampling.backends import _shaping
 from agnostic_sampling.backends._jax_common import _block_width
 from agnostic_sampling.backends._jax_common import _cleaned
 from agnostic_sampling.backends._jax_common import _count
@@ -232,6 +233,8 @@ def _block_max_and_nan(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
 def _prepare(logits: jax.Array, params: SamplingParams, steps: _Steps) -> _Prepared:
     dtype = _compute_dtype(logits.dtype)
     raw = logits.reshape(-1, logits.shape[-1])
+    if _shaping.present(params):  # static: which shaping fields are None
+        raw = _shaping.shape(raw.astype(dtype), params, logits.shape[:-1], jnp)
     block = _candidate_block(raw.shape[1]) if (steps.top_k or steps.top_p or steps.min_p) else 0
     if block:
         block_max, has_nan = _block_max_and_nan(raw.astype(dtype), block)

@@ -55,6 +55,7 @@ from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _acceptance
+from agnostic_sampling.backends import _shaping
 
 BLOCK = 256  # logits per block of the block-maximum pass
 MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unknown (top-p, min-p)
@@ -128,6 +129,15 @@ def _c_order(x: np.ndarray, dtype: Any) -> np.ndarray:
             tile = (slice(start, start + TILE), slice(column, column + TILE))
             out[tile] = x[tile]
     return out
+
+
+def _shaped_rows(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """`_rows`, then the logit shaping when ``params`` asks for it (a new array: the caller's
+    logits are never written)."""
+    x = _rows(logits)
+    if _shaping.present(params):
+        x = _shaping.shape(x, params, logits.shape[:-1], np)
+    return x
 
 
 def _row_values(value: Any, batch_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -623,8 +633,8 @@ def greedy(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
     """Tempered logits, ``-inf`` outside each row's kept set."""
-    x = _rows(logits)
     batch_shape = logits.shape[:-1]
+    x = _shaped_rows(logits, params)
     prm = _Rows.from_params(params, batch_shape, x.dtype)
     kept, status = _pipeline(x, prm)
     if kept is None:
@@ -655,8 +665,8 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
            params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
     """One exact draw per row from the kept set, by inverse CDF on two uniforms per row (one
     per row, in token order, for a `Seed`: `_draw_in_token_order`)."""
-    x = _rows(logits)
     batch_shape = logits.shape[:-1]
+    x = _shaped_rows(logits, params)
     prm = _Rows.from_params(params, batch_shape, x.dtype)
     seeded = isinstance(key, SeedWords)
     uniform = uniforms(key, batch_shape, np).reshape(-1) if seeded else key.random((x.shape[0], 2))

@@ -1,0 +1,170 @@
+"""Logit shaping, written once for NumPy and JAX arrays: bias, penalties, token masks.
+
+Each backend calls `shape` at the start of its pipeline, on the rows ``(N, V)`` in compute
+precision, when `present` says some shaping input is given; a step whose inputs are ``None`` is
+left out entirely. The steps, in order:
+
+1. ``logit_bias`` is added.
+2. Penalties over the history (every valid entry of ``history`` counts: entries at or past a
+   row's ``history_lengths`` and ``-1`` padding are ignored). For each distinct token with
+   count ``c > 0``: the repetition penalty ``r`` divides a positive logit by ``r`` and multiplies
+   a negative one by ``r`` (once, whatever ``c``), then ``c * frequency + presence`` is
+   subtracted. Counts come from a sort of each row's ``T`` ids, and the new logits are written
+   back at each row's distinct tokens only: nothing of size ``(N, T, V)``, and no pass over
+   ``(N, V)``.
+3. ``allowed`` keeps only its tokens, ``banned`` sets its tokens to ``-inf``, and ``vocab_size``
+   sets the tokens at or past it to ``-inf`` (a padded vocabulary's tail). A mask is boolean
+   ``(..., V)`` or a packed bitmask of uint32 words ``(..., ceil(V / 32))``: bit ``j`` of word
+   ``w`` is token ``32 * w + j``.
+
+Under ``jit`` the values are traced (the pytree of `SamplingParams`), and bad values follow the
+traced column of the README's "Bad input" table: a repetition penalty that is not a finite
+number > 0 is 1, a NaN frequency or presence penalty is 0, history ids outside ``[0, V)`` count
+as padding, lengths are clipped to ``[0, T]``. A row left with no finite logit gives id ``-1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agnostic_sampling._params import SamplingParams
+
+_MASKS = ("allowed", "banned", "vocab_size")
+_PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty")
+
+
+def present(params: SamplingParams) -> bool:
+    """Whether ``params`` asks for any shaping step (static: depends on ``None``-ness only)."""
+    return (params.logit_bias is not None or any(getattr(params, n) is not None for n in _MASKS)
+            or _penalized(params))
+
+
+def _penalized(params: SamplingParams) -> bool:
+    return params.history is not None and any(getattr(params, n) is not None for n in _PENALTIES)
+
+
+def _rows_of(value: Any, batch_shape: tuple[int, ...], per_token: bool, xp: Any, dtype: Any = None) -> Any:
+    """``value`` broadcast to the batch and flattened to ``(N,)``, or ``(N, W)`` when ``per_token``
+    (its last axis, of width ``W``, runs over tokens, words or history positions)."""
+    array = xp.asarray(value) if dtype is None else xp.asarray(value, dtype=dtype)  # no copy if it fits
+    if not per_token:
+        return xp.reshape(xp.broadcast_to(array, batch_shape), (-1,))
+    return xp.reshape(xp.broadcast_to(array, (*batch_shape, array.shape[-1])), (-1, array.shape[-1]))
+
+
+def unpack_bits(words: Any, vocab: int, xp: Any) -> Any:
+    """A packed bitmask ``(N, ceil(V / 32))`` of uint32 words as booleans ``(N, V)``."""
+    if not hasattr(words, "at"):  # NumPy: unpackbits reads the words' bytes, lowest bit first
+        little = words.astype("<u4", copy=False).view(xp.uint8)
+        return xp.unpackbits(little, axis=-1, count=vocab, bitorder="little").view(bool)
+    bits = (words[:, :, None] >> xp.arange(32, dtype=xp.uint32)) & xp.uint32(1)
+    return xp.reshape(bits, (words.shape[0], -1))[:, :vocab] != 0
+
+
+def _mask_rows(value: Any, batch_shape: tuple[int, ...], vocab: int, xp: Any) -> Any:
+    rows = _rows_of(value, batch_shape, True, xp)
+    return rows if rows.dtype == bool else unpack_bits(rows, vocab, xp)
+
+
+def token_counts(history: Any, valid: Any, vocab: int, xp: Any) -> tuple[Any, Any]:
+    """Each row's distinct tokens and their counts among its valid history entries.
+
+    Returns ``(token, count)``, both ``(N, T)``: ``token`` is a distinct token at the first of its
+    entries in sorted order and ``vocab`` elsewhere, ``count`` its number of entries there. One
+    sort of each row's ``T`` ids (``O(N * T log T)``, no ``(N, V)`` or ``(N, T, V)`` array):
+    on NumPy a scatter-add (``np.add.at``) is an order of magnitude slower.
+    """
+    ids = xp.sort(xp.where(valid, history, vocab), axis=1)
+    n_rows, width = ids.shape
+    changes = ids[:, 1:] != ids[:, :-1]
+    edge = xp.ones((n_rows, 1), bool)
+    first = xp.concatenate([edge, changes], axis=1)  # the first entry of a run of equal ids
+    last = xp.concatenate([changes, edge], axis=1)
+    position = xp.broadcast_to(xp.arange(width), ids.shape)
+    run_start = xp.maximum.accumulate(xp.where(first, position, 0), axis=1)
+    run_end = xp.flip(xp.minimum.accumulate(xp.flip(xp.where(last, position, width), axis=1), axis=1), axis=1)
+    token = xp.where(first, ids, vocab)
+    return token, run_end - run_start + 1
+
+
+def _set_at(x: Any, token: Any, values: Any, xp: Any) -> Any:
+    """``x`` with ``values`` written at ``(row, token)``; entries with ``token == V`` are skipped.
+
+    Each row's tokens are distinct, so the writes never collide.
+    """
+    rows = xp.broadcast_to(xp.arange(x.shape[0])[:, None], token.shape)
+    if hasattr(x, "at"):  # JAX: the entries past the row are dropped
+        return x.at[rows, token].set(values, mode="drop", unique_indices=True)
+    keep = token < x.shape[1]
+    x[rows[keep], token[keep]] = values[keep]  # x is the shaping's own array
+    return x
+
+
+def _apply_penalties(x: Any, params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> Any:
+    n_rows, vocab = x.shape
+    history = _rows_of(params.history, batch_shape, True, xp)
+    width = history.shape[1]
+    if params.history_lengths is None:
+        lengths = xp.full((n_rows,), width)
+    else:
+        lengths = xp.clip(_rows_of(params.history_lengths, batch_shape, False, xp), 0, width)
+    valid = (history >= 0) & (history < vocab) & (xp.arange(width)[None, :] < lengths[:, None])
+    token, count = token_counts(history, valid, vocab, xp)
+    rows = xp.arange(n_rows)[:, None]
+    value = x[rows, xp.minimum(token, vocab - 1)]
+    if params.repetition_penalty is not None:
+        r = _rows_of(params.repetition_penalty, batch_shape, False, xp, x.dtype)
+        r = xp.where((r > 0) & xp.isfinite(r), r, 1)[:, None]
+        value = xp.where(value > 0, value / r, value * r)
+    if params.frequency_penalty is not None:
+        f = _rows_of(params.frequency_penalty, batch_shape, False, xp, x.dtype)
+        value = value - count.astype(x.dtype) * xp.where(xp.isnan(f), 0, f)[:, None]
+    if params.presence_penalty is not None:
+        p = _rows_of(params.presence_penalty, batch_shape, False, xp, x.dtype)
+        value = value - xp.where(xp.isnan(p), 0, p)[:, None]
+    return _set_at(x, token, value.astype(x.dtype), xp)
+
+
+def _dropped(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, xp: Any) -> Any:
+    """The tokens the masks remove, ``(N, V)`` boolean (None when no mask is given)."""
+    drop = None
+
+    def union(a: Any, b: Any) -> Any:
+        return b if a is None else a | b
+
+    if params.allowed is not None:
+        drop = ~_mask_rows(params.allowed, batch_shape, vocab, xp)
+    if params.banned is not None:
+        drop = union(drop, _mask_rows(params.banned, batch_shape, vocab, xp))
+    if params.vocab_size is not None:
+        size = _rows_of(params.vocab_size, batch_shape, False, xp)
+        drop = union(drop, xp.arange(vocab)[None, :] >= size[:, None])
+    return drop
+
+
+def shape(x: Any, params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> Any:
+    """The shaped rows: a new ``(N, V)`` array (``x``, the caller's data, is never written).
+
+    Args:
+        x: ``(N, V)`` logits in compute precision, ``N = prod(batch_shape)``.
+        params: the parameters; only the shaping fields are read.
+        batch_shape: ``logits.shape[:-1]``, to broadcast per-row inputs.
+        xp: ``numpy`` or ``jax.numpy``.
+
+    Returns:
+        ``(N, V)`` logits of ``x``'s dtype with bias, penalties and masks applied.
+    """
+    vocab = x.shape[1]
+    if params.logit_bias is not None:
+        x = x + _rows_of(params.logit_bias, batch_shape, True, xp, x.dtype)
+    elif not hasattr(x, "at"):
+        x = x.copy()  # NumPy: the steps below write into the shaping's own array
+    if _penalized(params):
+        x = _apply_penalties(x, params, batch_shape, xp)
+    drop = _dropped(params, batch_shape, vocab, xp)
+    if drop is None:
+        return x
+    if hasattr(x, "at"):
+        return xp.where(drop, xp.asarray(-xp.inf, x.dtype), x)
+    xp.copyto(x, -xp.inf, where=drop)
+    return x
