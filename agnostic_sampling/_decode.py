@@ -11,6 +11,7 @@ from typing import Any
 from typing import NamedTuple
 
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling.backends._loop_shaping import LoopShaping
 
 __all__ = ["Request", "check_top_logprobs", "wrong_shape"]
 
@@ -23,11 +24,14 @@ class Request(NamedTuple):
     prompt: Any  # (B, P) integer ids
     lengths: Any  # (B,) ints
     max_new_tokens: int
-    eos_id: int | None
+    eos_ids: tuple[int, ...]  # a row stops after generating any of these (empty: at max_new_tokens)
     pad_id: int
     logprob_kind: str | None  # "processed", "raw", or None: no log-probabilities
     top_logprobs: int  # alternatives per generated position (0: none); needs logprob_kind
-    params: SamplingParams
+    params: SamplingParams  # without the steps `shaping` applies (the backend's sample applies these)
+    shaping: LoopShaping | None  # bias, penalties and min_tokens, applied by the loop; None: none given
+    shaping_params: SamplingParams  # the full parameters, for `shape_step`
+    min_tokens: Any  # (B,) ints, or None
 
 
 def wrong_shape(what: str, got: tuple[int, ...], expected: str, fed: str) -> ValueError:

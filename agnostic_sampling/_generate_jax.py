@@ -24,10 +24,14 @@ from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._seed import SeedWords
 from agnostic_sampling._seed import advance
 from agnostic_sampling.backends import jax as backend
+from agnostic_sampling.backends._loop_shaping import LoopShaping
+from agnostic_sampling.backends._loop_shaping import advance_counts
+from agnostic_sampling.backends._loop_shaping import initial_counts
+from agnostic_sampling.backends._loop_shaping import shape_step
 
 __all__ = ["run"]
 
-_STATIC = ("fn", "stateful", "max_new_tokens", "window", "kind", "top_n")
+_STATIC = ("fn", "stateful", "max_new_tokens", "window", "kind", "top_n", "eos_ids", "shaping")
 
 
 def run(request: Request, fn: Any, *, stateful: bool, state: Any,
@@ -41,12 +45,15 @@ def run(request: Request, fn: Any, *, stateful: bool, state: Any,
     batch, width = request.prompt.shape
     total = width + request.max_new_tokens
     window = total if context_size is None else min(context_size, total)
-    eos = None if request.eos_id is None else jnp.int32(request.eos_id)
+    shaping = request.shaping
+    min_tokens = None if request.min_tokens is None else jnp.asarray(request.min_tokens, jnp.int32)
     try:
         return _decoder(request.key, request.prompt.astype(jnp.int32), request.lengths,
-                        _per_row(request.params, batch), eos, jnp.int32(request.pad_id), state, fn=fn,
-                        stateful=stateful, max_new_tokens=request.max_new_tokens, window=window,
-                        kind=request.logprob_kind, top_n=request.top_logprobs)
+                        _per_row(request.params, batch), _per_row(request.shaping_params, batch)
+                        if shaping is not None else None, min_tokens, jnp.int32(request.pad_id), state,
+                        fn=fn, stateful=stateful, max_new_tokens=request.max_new_tokens, window=window,
+                        kind=request.logprob_kind, top_n=request.top_logprobs, eos_ids=request.eos_ids,
+                        shaping=shaping)
     except ValueError as error:
         if "Non-hashable static arguments" in str(error):
             what = "step" if stateful else "model"
@@ -65,13 +72,28 @@ def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
         # the integer parameters (top_k, min_keep) are those whose off value is an int
         dtype = jnp.int32 if isinstance(OFF[name], int) else jnp.float32
         fields[name] = None if value is None else jnp.broadcast_to(jnp.asarray(value, dtype), (batch,))
+    for name in ("repetition_penalty", "frequency_penalty", "presence_penalty"):
+        value = getattr(params, name)
+        fields[name] = None if value is None else jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
+    if params.vocab_size is not None:
+        fields["vocab_size"] = jnp.broadcast_to(jnp.asarray(params.vocab_size, jnp.int32), (batch,))
+    for name in ("logit_bias", "allowed", "banned"):  # (..., V) or (..., words): as given, on device
+        value = getattr(params, name)
+        fields[name] = None if value is None else jnp.asarray(value)
     return SamplingParams(**fields)
 
 
+def _precision(logits: Any) -> Any:
+    """The compute dtype of the pipeline: float32, or float64 where JAX keeps it."""
+    return jnp.float64 if logits.dtype == jnp.float64 else jnp.float32
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos: Any, pad: Any,
-             state: Any, *, fn: Any, stateful: bool, max_new_tokens: int, window: int,
-             kind: str | None, top_n: int) -> tuple[Any, ...]:
+def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,
+             shaping_params: SamplingParams | None, min_tokens: Any, pad: Any, state: Any, *, fn: Any,
+             stateful: bool, max_new_tokens: int, window: int, kind: str | None, top_n: int,
+             eos_ids: tuple[int, ...],
+             shaping: LoopShaping | None) -> tuple[Any, ...]:
     batch, width = prompt.shape
     total = width + max_new_tokens
     positions = jnp.arange(total)
@@ -99,19 +121,26 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos: A
         return logits, state
 
     def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        t, ids, logprobs, top_ids, top_logprobs, finished, generated, calls, state = carry
+        t, ids, logprobs, top_ids, top_logprobs, finished, generated, calls, state, counts = carry
         logits, state = logits_at(t, ids, state)
         taking = ~finished & (lengths <= t + 1)
+        if shaping is not None:
+            counts = advance_counts(shaping, counts, ids, lengths, t, jnp)
 
         def draw() -> tuple[Any, ...]:
             # statuses are traced: a bad row gives token -1, as in a jitted `sample`
             step_key = advance(key, t + 1, jnp) if isinstance(key, SeedWords) else jax.random.fold_in(key, t)
-            tokens, _ = backend.sample(step_key, logits, params)
+            shaped = logits
+            if shaping is not None:  # bias, penalties and min_tokens: the loop's own steps
+                shaped = shape_step(shaping, logits.astype(_precision(logits)), counts, generated, min_tokens,
+                                    shaping_params, jnp)
+            tokens, _ = backend.sample(step_key, shaped, params)
             if kind is None:
                 return tokens, *skip()[1:]
             # a bad row's -1 clipped into the vocabulary (its log-probabilities are NaN anyway)
             valid = jnp.clip(tokens, 0, logits.shape[-1] - 1)
-            (token, _, drawn_ids, drawn_top, _, _), _ = backend.logprobs(logits, valid, params, kind, top_n)
+            source = logits if kind == "raw" else shaped  # raw: the model's own distribution
+            (token, _, drawn_ids, drawn_top, _, _), _ = backend.logprobs(source, valid, params, kind, top_n)
             f32 = jnp.float32
             return tokens, token.astype(f32), drawn_ids.astype(jnp.int32), drawn_top.astype(f32)
 
@@ -134,17 +163,21 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams, eos: A
             top_logprobs = lax.dynamic_update_index_in_dim(top_logprobs, drawn_top, t + 1, axis=1)
         generated = generated + taking
         stopped = generated >= max_new_tokens
-        if eos is not None:
-            stopped = stopped | (tokens == eos)
+        if eos_ids:
+            stopped = stopped | jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
         finished = finished | (taking & stopped)
-        return t + 1, ids, logprobs, top_ids, top_logprobs, finished, generated, calls + 1, state
+        return t + 1, ids, logprobs, top_ids, top_logprobs, finished, generated, calls + 1, state, counts
 
     def cond(carry: tuple[Any, ...]) -> Any:
         t, finished = carry[0], carry[5]
         return (t < total - 1) & ~jnp.all(finished)
 
     first = jnp.int32(0) if stateful else jnp.min(lengths).astype(jnp.int32) - 1
+    counts = None
+    if shaping is not None:  # the vocabulary from the model's output shape, without running it
+        vocab = jax.eval_shape(lambda: logits_at(first, ids, state)[0]).shape[-1]
+        counts = initial_counts(shaping, ids, lengths, first, vocab, jnp)
     carry = (first, ids, logprobs, top_ids, top_logprobs, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.int32),
-             jnp.int32(0), state)
-    _, ids, logprobs, top_ids, top_logprobs, _, generated, calls, state = lax.while_loop(cond, body, carry)
+             jnp.int32(0), state, counts)
+    _, ids, logprobs, top_ids, top_logprobs, _, generated, calls, state, _ = lax.while_loop(cond, body, carry)
     return ids, generated, logprobs, calls, state if stateful else None, top_ids, top_logprobs

@@ -288,14 +288,16 @@ def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must be {allowed}, got {_first(array, bad)}")
 
 
-def validate_params(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None) -> None:
+def validate_params(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None, *,
+                    history_supplied: bool = False) -> None:
     """Check every concrete field of ``params`` against the README's "Bad input" table; skip
     traced ones.
 
     ``vocab`` (the logits' last dimension) is needed to check the shaping fields' shapes and ids;
-    without it only their dtypes and values are checked.
+    without it only their dtypes and values are checked. ``history_supplied``: the caller (a
+    decode loop) counts the penalties' history itself.
     """
-    validate_shaping(params, batch_shape, vocab)
+    validate_shaping(params, batch_shape, vocab, history_supplied=history_supplied)
     for name in FIELDS:
         value = getattr(params, name)
         if value is None:
@@ -357,7 +359,8 @@ def _check_mask(name: str, value: Any, batch_shape: tuple[int, ...], vocab: int 
                         f"(..., ceil(V / 32)), got dtype {dtype}")
 
 
-def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None) -> None:
+def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None, *,
+                     history_supplied: bool = False) -> None:
     """Check the shaping fields of ``params``: shapes and dtypes always, values when concrete.
 
     Raises:
@@ -369,7 +372,7 @@ def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab
     get = {name: getattr(params, name) for name in SHAPING_FIELDS}
     penalties = [name for name in ("repetition_penalty", "frequency_penalty", "presence_penalty")
                  if get[name] is not None]
-    if penalties and get["history"] is None:
+    if penalties and get["history"] is None and not history_supplied:
         raise ValueError(f"{', '.join(penalties)} needs history= (the token ids to count, shape (..., T))")
     if get["history_lengths"] is not None and get["history"] is None:
         raise ValueError("history_lengths needs history=")

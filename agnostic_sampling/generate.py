@@ -35,6 +35,7 @@ decoded alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
 
@@ -49,13 +50,18 @@ from agnostic_sampling._decode import wrong_shape
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import SamplingParams
-from agnostic_sampling._params import reject_shaping
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
 from agnostic_sampling._seed import SeedWords
 from agnostic_sampling._seed import advance
 from agnostic_sampling._seed import per_row
 from agnostic_sampling.backends import numpy as numpy_backend
+from agnostic_sampling.backends._loop_shaping import Counts
+from agnostic_sampling.backends._loop_shaping import LoopShaping
+from agnostic_sampling.backends._loop_shaping import advance_counts
+from agnostic_sampling.backends._loop_shaping import initial_counts
+from agnostic_sampling.backends._loop_shaping import sampling_params
+from agnostic_sampling.backends._loop_shaping import shape_step
 
 __all__ = ["GenerateResult", "generate", "generate_with_state"]
 
@@ -102,7 +108,7 @@ def generate(
     *,
     max_new_tokens: int,
     context_size: int | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     pad_id: int = 0,
     prompt_lengths: Any = None,
     return_logprobs: bool | str = False,
@@ -112,6 +118,16 @@ def generate(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    logit_bias: Any = None,
+    allowed: Any = None,
+    banned: Any = None,
+    vocab_size: Any = None,
+    repetition_penalty: Any = None,
+    frequency_penalty: Any = None,
+    presence_penalty: Any = None,
+    penalty_scope: str | None = None,
+    penalty_window: int | None = None,
+    min_tokens: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> GenerateResult:
@@ -147,7 +163,8 @@ def generate(
         context_size: feed at most this many trailing tokens to the model; ``None``: all. A
             prompt longer than this is cropped to its last ``context_size`` tokens, as the model
             would be at any later position.
-        eos_id: a row stops after generating this id; ``None``: rows stop at ``max_new_tokens``.
+        eos_id: a row stops after generating this id (or any of a sequence of ids); ``None``:
+            rows stop at ``max_new_tokens``.
         pad_id: written after each row's last token, and fed to the model: for a row that has
             finished while others continue (both backends) and, on JAX, at the window's
             positions after the current one. A causal model ignores those positions, whatever
@@ -167,6 +184,19 @@ def generate(
             position (``top_ids`` / ``top_logprobs``), under the same distribution;
             ``0 <= top_logprobs <= V``. Static on JAX (each value compiles once).
         temperature, top_k, top_p, min_p, min_keep, params: as in `sample`, per row allowed.
+        logit_bias, allowed, banned, vocab_size: as in `sample`, applied at every position.
+        repetition_penalty, frequency_penalty, presence_penalty: as in `sample`, over the row's
+            own history, which the loop counts (``history=`` is not taken here): see
+            ``penalty_scope`` and ``penalty_window``. The counts are carried from position to
+            position, ``O(B)`` work each.
+        penalty_scope: what the penalties count. ``None`` (the default, as vLLM): the repetition
+            penalty counts the prompt and the generated tokens, frequency and presence the
+            generated tokens only; ``"output"``: all three the generated tokens only;
+            ``"prompt_and_output"``: all three both.
+        penalty_window: count only the last this many positions of each row (prompt or output;
+            llama.cpp's ``penalty_last_n``); ``None``: every position.
+        min_tokens: the EOS ids (``eos_id``) are banned until a row has generated this many
+            tokens; a scalar or ``(B,)`` integers ``>= 0``; needs ``eos_id``.
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``prompt``.
 
     Returns:
@@ -192,8 +222,11 @@ def generate(
         ([[0, 1, 2, 3, -1], [2, 3, -1, -1, -1]], [2, 1])
     """
     request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-                       top_logprobs, backend, params, temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, min_keep=min_keep)
+                       top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens,
+                       temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
+                       logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
+                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty)
     if context_size is not None:
         context_size = _positive_int("context_size", context_size)
     if request.backend == "numpy":
@@ -211,7 +244,7 @@ def generate_with_state(
     prompt: Any,
     *,
     max_new_tokens: int,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     pad_id: int = 0,
     prompt_lengths: Any = None,
     return_logprobs: bool | str = False,
@@ -221,6 +254,16 @@ def generate_with_state(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    logit_bias: Any = None,
+    allowed: Any = None,
+    banned: Any = None,
+    vocab_size: Any = None,
+    repetition_penalty: Any = None,
+    frequency_penalty: Any = None,
+    presence_penalty: Any = None,
+    penalty_scope: str | None = None,
+    penalty_window: int | None = None,
+    min_tokens: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> GenerateResult:
@@ -244,8 +287,9 @@ def generate_with_state(
 
     Args:
         key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-            top_logprobs, temperature, top_k, top_p, min_p, min_keep, params, backend: as in
-            `generate`.
+            top_logprobs, temperature, top_k, top_p, min_p, min_keep, logit_bias, allowed, banned,
+            vocab_size, repetition_penalty, frequency_penalty, presence_penalty, penalty_scope,
+            penalty_window, min_tokens, params, backend: as in `generate`.
         step: ``(state, ids (B,)) -> (logits (B, V), new_state)``.
         state: the step's initial state.
 
@@ -264,8 +308,11 @@ def generate_with_state(
         ([[0, 1, 2, 3, 0]], 3)
     """
     request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-                       top_logprobs, backend, params, temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, min_keep=min_keep)
+                       top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens,
+                       temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
+                       logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
+                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty)
     if request.backend == "numpy":
         return _NumpyLoop(request, step=step, state=state).run()
     from agnostic_sampling import _generate_jax  # imports JAX: only once the JAX backend is chosen
@@ -317,7 +364,7 @@ def _logprob_options(return_logprobs: Any, top_logprobs: Any) -> tuple[str | Non
 
 def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, prompt_lengths: Any,
              return_logprobs: Any, top_logprobs: Any, backend: str | None, params: SamplingParams | None,
-             **keywords: Any) -> Request:
+             penalty_scope: Any, penalty_window: Any, min_tokens: Any, **keywords: Any) -> Request:
     """Validate everything that can be checked before the loop, and pick the backend once.
 
     The sampling parameters are validated here against the batch shape ``(B,)``, and the key is
@@ -336,18 +383,75 @@ def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: An
     if batch == 0 or width == 0:
         raise ValueError(f"prompt is empty (shape {tuple(prompt.shape)}); give at least one token per row")
     max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
-    eos_id = None if eos_id is None else _token_id("eos_id", eos_id)
+    eos_ids = _eos_ids(eos_id)
     pad_id = _token_id("pad_id", pad_id)
     kind, top_n = _logprob_options(return_logprobs, top_logprobs)
 
     resolved = resolve_params(params, **keywords)
-    validate_params(resolved, (batch,))
-    reject_shaping(resolved, "generate")
+    for field in ("history", "history_lengths"):
+        if getattr(resolved, field) is not None:
+            raise ValueError(f"the decode loops count each row's own history (its prompt and generated "
+                             f"tokens) for the penalties: do not pass {field}= (penalty_scope and "
+                             f"penalty_window say what counts)")
+    validate_params(resolved, (batch,), history_supplied=True)
+    shaping, min_tokens = _loop_shaping(resolved, penalty_scope, penalty_window, min_tokens, eos_ids, batch)
     lengths = module.asarray(_lengths(prompt_lengths, batch, width, name))
     rng = as_backend_key(key, module, prompt, argument="prompt")
     if isinstance(rng, SeedWords):  # one (seed, position) per row, advanced per position by the loop
         rng = per_row(rng, batch, np if name == "numpy" else module.jnp)
-    return Request(name, rng, prompt, lengths, max_new_tokens, eos_id, pad_id, kind, top_n, resolved)
+    loop_params = resolved if shaping is None else sampling_params(resolved)
+    return Request(name, rng, prompt, lengths, max_new_tokens, eos_ids, pad_id, kind, top_n, loop_params,
+                   shaping, resolved, min_tokens)
+
+
+def _eos_ids(eos_id: Any) -> tuple[int, ...]:
+    """``eos_id`` (``None``, an id or a sequence of ids) as a tuple of ints."""
+    if eos_id is None:
+        return ()
+    if isinstance(eos_id, (list, tuple, np.ndarray)):
+        ids = tuple(_token_id("eos_id", i) for i in np.asarray(eos_id).reshape(-1).tolist())
+        if not ids:
+            raise ValueError("eos_id is an empty sequence; pass None for no EOS")
+        return ids
+    return (_token_id("eos_id", eos_id),)
+
+
+_SCOPES = {None: ("all", "output"), "output": ("output", "output"), "prompt_and_output": ("all", "all")}
+
+
+def _loop_shaping(params: SamplingParams, penalty_scope: Any, penalty_window: Any, min_tokens: Any,
+                  eos_ids: tuple[int, ...], batch: int) -> tuple[LoopShaping | None, Any]:
+    """The loop's static shaping configuration (``None`` when the loop shapes nothing) and the
+    ``min_tokens`` per row."""
+    if penalty_scope not in _SCOPES:
+        raise ValueError(f"penalty_scope must be None (repetition over prompt and output, frequency "
+                         f"and presence over the output, as vLLM), 'output' or 'prompt_and_output', "
+                         f"got {penalty_scope!r}")
+    if penalty_window is not None:
+        penalty_window = _positive_int("penalty_window", penalty_window)
+    if min_tokens is not None:
+        if not eos_ids:
+            raise ValueError("min_tokens bans the EOS ids until a row has generated that many: "
+                             "it needs eos_id")
+        counts = np.asarray(min_tokens)
+        if not np.issubdtype(counts.dtype, np.integer) or counts.dtype == bool:
+            raise TypeError(f"min_tokens must be integers, got dtype {counts.dtype}")
+        try:
+            min_tokens = np.broadcast_to(counts, (batch,)).astype(np.int64)
+        except ValueError:
+            raise ValueError(f"min_tokens has shape {counts.shape}, which does not broadcast to the "
+                             f"batch ({batch},)") from None
+        if (min_tokens < 0).any():
+            raise ValueError(f"min_tokens must be >= 0, got {int(min_tokens.min())}")
+    repetition_scope, frequency_scope = _SCOPES[penalty_scope]
+    if params.repetition_penalty is None:
+        repetition_scope = None
+    if params.frequency_penalty is None and params.presence_penalty is None:
+        frequency_scope = None
+    if repetition_scope is None and frequency_scope is None and min_tokens is None:
+        return None, None  # the backend's sample applies the bias and the masks
+    config = LoopShaping(repetition_scope, frequency_scope, penalty_window, eos_ids, min_tokens is not None)
+    return config, min_tokens
 
 
 def _lengths(prompt_lengths: Any, batch: int, width: int, backend: str) -> Any:
@@ -388,6 +492,7 @@ class _NumpyLoop:
         self.request, self.model, self.context_size = request, model, context_size
         self.step, self.state = step, state
         self.vocab: int | None = None
+        self.counts: Counts | None = None  # the penalties' counts, once the vocabulary is known
 
     def logits_at(self, t: int, ids: np.ndarray) -> np.ndarray:
         """The logits of position ``t + 1`` for every row, ``(B, V)``."""
@@ -411,13 +516,19 @@ class _NumpyLoop:
         self.vocab = shape[-1]
         return logits
 
-    def draw(self, t: int, logits: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+    def draw(self, t: int, logits: np.ndarray,
+             generated: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """One token per row from the logits of position ``t + 1``, and when asked its
         log-probability, top ids and top log-probabilities; bad logits are reported with the
         position that produced them."""
         request = self.request
         try:
             check_logits(logits)
+            model_logits = logits
+            if request.shaping is not None:  # bias, penalties and min_tokens: the loop's own steps
+                precision = np.float64 if logits.dtype == np.float64 else np.float32
+                logits = shape_step(request.shaping, logits.astype(precision), self.counts, generated,
+                                    request.min_tokens, request.shaping_params, np)
             key = advance(request.key, t + 1, np) if isinstance(request.key, SeedWords) else request.key
             tokens, status = numpy_backend.sample(key, logits, request.params)
             raise_bad_rows(status, logits.shape)
@@ -427,7 +538,9 @@ class _NumpyLoop:
         if request.logprob_kind is None:
             return tokens, None
         # rows checked above, so the fields are there
-        fields, _ = numpy_backend.logprobs(logits, tokens, request.params, request.logprob_kind,
+        # "raw" is the model's own distribution; "processed" the one the token was drawn from
+        source = model_logits if request.logprob_kind == "raw" else logits
+        fields, _ = numpy_backend.logprobs(source, tokens, request.params, request.logprob_kind,
                                            request.top_logprobs)
         token, _, top_ids, top_logprobs, _, _ = fields
         return tokens, (token, top_ids, top_logprobs)
@@ -446,15 +559,21 @@ class _NumpyLoop:
         generated = np.zeros(batch, np.int64)
         first_sampled = int(request.lengths.min()) - 1  # no row samples before this position
         calls = 0
-        for t in range(0 if self.step is not None else first_sampled, total - 1):
+        start = 0 if self.step is not None else first_sampled
+        for t in range(start, total - 1):
             logits = self.logits_at(t, ids)
             calls += 1
             if calls == 1:
                 check_top_logprobs(top_n, logits.shape[-1])
+                if request.shaping is not None:
+                    self.counts = initial_counts(request.shaping, ids, request.lengths, start,
+                                                 logits.shape[-1], np)
+            if request.shaping is not None:
+                self.counts = advance_counts(request.shaping, self.counts, ids, request.lengths, t, np)
             taking = ~finished & (request.lengths <= t + 1)
             if not taking.any():
                 continue  # every row is reading its prompt (a step's prefill) or has finished
-            tokens, drawn = self.draw(t, logits)
+            tokens, drawn = self.draw(t, logits, generated)
             ids[taking, t + 1] = tokens[taking]
             if drawn is not None:
                 token, drawn_ids, drawn_top = drawn
@@ -469,8 +588,8 @@ class _NumpyLoop:
                     top_logprobs[taking, t + 1] = drawn_top[taking]
             generated += taking
             stopped = generated >= request.max_new_tokens
-            if request.eos_id is not None:
-                stopped |= tokens == request.eos_id
+            if request.eos_ids:
+                stopped |= np.isin(tokens, request.eos_ids)
             finished |= taking & stopped
             if finished.all():
                 break

@@ -245,9 +245,9 @@ def test_parameters_are_validated_once_per_decode(dec, monkeypatch):
     validate = generate_module.validate_params
     seen = []
 
-    def counting(params: Any, batch_shape: tuple[int, ...]) -> None:
+    def counting(params: Any, batch_shape: tuple[int, ...], *args: Any, **kw: Any) -> None:
         seen.append(batch_shape)
-        validate(params, batch_shape)
+        validate(params, batch_shape, *args, **kw)
 
     monkeypatch.setattr(generate_module, "validate_params", counting)
     monkeypatch.setattr(importlib.import_module("agnostic_sampling._api"), "validate_params", counting)

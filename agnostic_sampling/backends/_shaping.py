@@ -100,6 +100,29 @@ def _set_at(x: Any, token: Any, values: Any, xp: Any) -> Any:
     return x
 
 
+def _with_penalties(value: Any, repeated: Any, count: Any, params: SamplingParams,
+                    batch_shape: tuple[int, ...], xp: Any) -> Any:
+    """``value`` with the penalties applied: the repetition penalty where ``repeated``, then
+    ``count * frequency + (count > 0) * presence`` subtracted (per row; ``(N, W)`` arrays).
+
+    The one place of the penalties' arithmetic: the sparse path (a given history) and the decode
+    loops' carried counts both call it, so the same counts give the same logits bit for bit.
+    """
+    if params.repetition_penalty is not None:
+        r = _rows_of(params.repetition_penalty, batch_shape, False, xp, value.dtype)
+        r = xp.where((r > 0) & xp.isfinite(r), r, 1)[:, None]
+        value = xp.where(repeated, xp.where(value > 0, value / r, value * r), value)
+    if params.frequency_penalty is not None:
+        f = _rows_of(params.frequency_penalty, batch_shape, False, xp, value.dtype)
+        # where, not a product alone: a count of 0 leaves the logit as it is even for f = inf
+        value = xp.where(count > 0, value - count.astype(value.dtype) * xp.where(xp.isnan(f), 0, f)[:, None],
+                         value)
+    if params.presence_penalty is not None:
+        p = _rows_of(params.presence_penalty, batch_shape, False, xp, value.dtype)
+        value = xp.where(count > 0, value - xp.where(xp.isnan(p), 0, p)[:, None], value)
+    return value
+
+
 def _apply_penalties(x: Any, params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> Any:
     n_rows, vocab = x.shape
     history = _rows_of(params.history, batch_shape, True, xp)
@@ -112,17 +135,24 @@ def _apply_penalties(x: Any, params: SamplingParams, batch_shape: tuple[int, ...
     token, count = token_counts(history, valid, vocab, xp)
     rows = xp.arange(n_rows)[:, None]
     value = x[rows, xp.minimum(token, vocab - 1)]
-    if params.repetition_penalty is not None:
-        r = _rows_of(params.repetition_penalty, batch_shape, False, xp, x.dtype)
-        r = xp.where((r > 0) & xp.isfinite(r), r, 1)[:, None]
-        value = xp.where(value > 0, value / r, value * r)
-    if params.frequency_penalty is not None:
-        f = _rows_of(params.frequency_penalty, batch_shape, False, xp, x.dtype)
-        value = value - count.astype(x.dtype) * xp.where(xp.isnan(f), 0, f)[:, None]
-    if params.presence_penalty is not None:
-        p = _rows_of(params.presence_penalty, batch_shape, False, xp, x.dtype)
-        value = value - xp.where(xp.isnan(p), 0, p)[:, None]
+    value = _with_penalties(value, token < vocab, xp.where(token < vocab, count, 0), params, batch_shape, xp)
     return _set_at(x, token, value.astype(x.dtype), xp)
+
+
+def penalize_counts(x: Any, repeated: Any, counts: Any, params: SamplingParams, xp: Any) -> Any:
+    """The penalties from counts carried by a decode loop: ``(N, V)`` in, ``(N, V)`` out.
+
+    Args:
+        x: ``(N, V)`` logits in compute precision (bias already added).
+        repeated: ``(N, V)`` counts of the repetition penalty's scope (``> 0``: penalised), or
+            ``None`` when that penalty is off.
+        counts: ``(N, V)`` counts of the frequency and presence penalties' scope, or ``None``.
+        params: the per-row penalties, broadcast to ``(N,)``.
+        xp: ``numpy`` or ``jax.numpy``.
+    """
+    hit = repeated > 0 if repeated is not None else None
+    count = counts if counts is not None else 0
+    return _with_penalties(x, hit, count, params, (x.shape[0],), xp).astype(x.dtype)
 
 
 def _dropped(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, xp: Any) -> Any:
