@@ -88,7 +88,8 @@ def sample(
         top_p: keep the smallest set whose mass reaches ``p``, with ties; ``1`` disables.
         min_p: keep tokens with probability at least ``min_p`` times the largest; ``0`` disables.
         min_keep: no truncation step leaves fewer than this many tokens.
-        logit_bias: ``(..., V)`` added to the logits first (``-inf`` bans a token).
+        logit_bias: ``(..., V)`` added to the logits first (``-inf`` bans a token), or sparse: a
+            tuple ``(ids, values)`` of ``(..., M)`` arrays, ids ``-1`` for padding.
         allowed: tokens a row may take, boolean ``(..., V)`` or a packed bitmask of uint32 words
             ``(..., ceil(V / 32))`` (bit ``j`` of word ``w`` is token ``32 * w + j``).
         banned: tokens a row may not take, in either mask format.

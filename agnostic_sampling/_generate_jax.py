@@ -77,9 +77,13 @@ def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
         fields[name] = None if value is None else jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
     if params.vocab_size is not None:
         fields["vocab_size"] = jnp.broadcast_to(jnp.asarray(params.vocab_size, jnp.int32), (batch,))
-    for name in ("logit_bias", "allowed", "banned"):  # (..., V) or (..., words): as given, on device
+    for name in ("allowed", "banned"):  # (..., V) or (..., words): as given, on device
         value = getattr(params, name)
         fields[name] = None if value is None else jnp.asarray(value)
+    bias = params.logit_bias  # dense (..., V), or sparse (ids, values)
+    if bias is not None:
+        fields["logit_bias"] = (jnp.asarray(bias[0], jnp.int32), jnp.asarray(bias[1], jnp.float32)) \
+            if isinstance(bias, tuple) else jnp.asarray(bias, jnp.float32)
     return SamplingParams(**fields)
 
 

@@ -359,6 +359,33 @@ def _check_mask(name: str, value: Any, batch_shape: tuple[int, ...], vocab: int 
                         f"(..., ceil(V / 32)), got dtype {dtype}")
 
 
+def _check_sparse_bias(bias: tuple[Any, ...], batch_shape: tuple[int, ...], vocab: int | None) -> None:
+    """A sparse ``logit_bias``: ``(ids, values)``, both ``(..., M)``, ids in ``[0, V)`` or -1."""
+    if len(bias) != 2:
+        raise ValueError(f"a sparse logit_bias is a pair (ids, values), got a tuple of {len(bias)}")
+    ids, values = (part if hasattr(part, "dtype") else np.asarray(part) for part in bias)
+    if not np.issubdtype(np.dtype(ids.dtype), np.integer) or np.dtype(ids.dtype) == bool:
+        raise TypeError(f"logit_bias ids must be integers (..., M), got dtype {ids.dtype}")
+    if not (np.issubdtype(np.dtype(values.dtype), np.number) and np.dtype(values.dtype) != bool
+            or np.dtype(values.dtype).name == "bfloat16"):
+        raise TypeError(f"logit_bias values must be numbers (..., M), got dtype {values.dtype}")
+    if ids.shape != values.shape:
+        raise ValueError(f"logit_bias ids and values must have the same shape, got {tuple(ids.shape)} "
+                         f"and {tuple(values.shape)}")
+    _vector_shape("logit_bias ids", ids, batch_shape, None)
+    if not is_tracer(ids):
+        concrete = np.asarray(ids)
+        bad = (concrete < -1) | (concrete >= (np.iinfo(np.int64).max if vocab is None else vocab))
+        if bad.any():
+            raise ValueError(f"logit_bias ids must be in [0, {vocab}) or -1 (padding), "
+                             f"got {_first(concrete, bad)}")
+    if not is_tracer(values):
+        concrete = np.asarray(values, np.float64)
+        bad = np.isnan(concrete) | (concrete == np.inf)
+        if bad.any():
+            raise ValueError(f"logit_bias values must be finite or -inf, got {_first(concrete, bad)}")
+
+
 def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None, *,
                      history_supplied: bool = False) -> None:
     """Check the shaping fields of ``params``: shapes and dtypes always, values when concrete.
@@ -378,7 +405,11 @@ def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab
         raise ValueError("history_lengths needs history=")
 
     bias = get["logit_bias"]
-    if bias is not None:
+    if isinstance(bias, list) and len(bias) == 2 and not np.isscalar(bias[0]):
+        raise TypeError("a sparse logit_bias is a tuple (ids, values), got a list; pass tuple(...)")
+    if isinstance(bias, tuple):
+        _check_sparse_bias(bias, batch_shape, vocab)
+    elif bias is not None:
         bias = bias if hasattr(bias, "dtype") else np.asarray(bias)
         if not (np.issubdtype(np.dtype(bias.dtype), np.floating) or np.dtype(bias.dtype).name == "bfloat16"
                 or np.issubdtype(np.dtype(bias.dtype), np.integer)):

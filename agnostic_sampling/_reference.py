@@ -6,6 +6,7 @@ off values and the parameter validation). It needs NumPy alone.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -91,10 +92,18 @@ def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...
     out = x.copy()
     vocab = x.shape[1]
     per_token = ("logit_bias", "allowed", "banned", "history")
+    sparse = None
+    if isinstance(resolved.logit_bias, tuple):  # (ids, values): each (..., M)
+        sparse = tuple(_row_inputs(part, batch_shape, True) for part in resolved.logit_bias)
+        resolved = dataclasses.replace(resolved, logit_bias=None)
     inputs = {name: _row_inputs(getattr(resolved, name), batch_shape, name in per_token)
               for name in SHAPING_FIELDS}
     for i in range(out.shape[0]):
-        if inputs["logit_bias"] is not None:
+        if sparse is not None:
+            for token, value in zip(sparse[0][i], sparse[1][i], strict=True):
+                if token != -1:
+                    out[i, int(token)] += float(value)
+        elif inputs["logit_bias"] is not None:
             out[i] += inputs["logit_bias"][i].astype(np.float64)
         if inputs["history"] is not None:
             history = inputs["history"][i]

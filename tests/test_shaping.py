@@ -35,8 +35,24 @@ def pack(mask: np.ndarray) -> np.ndarray:
     return words
 
 
+# the sparse form: ids and values (ROWS, 5), -1 padding, a token given twice, a ban by -inf
+BIAS_IDS = np.array([[5, 9, 9, -1, -1], [0, 49, 17, 3, 8], [-1, -1, -1, -1, -1], [12, 2, 30, -1, 7]])
+BIAS_VALUES = np.array([[-np.inf, 1.5, 0.5, 0, 0], [2.0, -1.0, 0.3, 4.0, -2.5], [0, 0, 0, 0, 0],
+                        [3.0, 1.0, -0.7, 9.0, 0.2]], np.float32)
+
+
+def dense_bias(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.zeros((ROWS, V), np.float32)
+    for row in range(ROWS):
+        for token, value in zip(ids[row], values[row], strict=True):
+            if token != -1:
+                out[row, token] += value
+    return out
+
+
 STEPS = {
     "bias": dict(logit_bias=BIAS),
+    "sparse_bias": dict(logit_bias=(BIAS_IDS, BIAS_VALUES)),
     "bias_vector": dict(logit_bias=BIAS[0]),
     "allowed": dict(allowed=ALLOWED),
     "banned": dict(banned=BANNED),
@@ -79,6 +95,13 @@ def test_penalties_by_hand(backend):
     # token 3: -3*2 - 0.5 - 0.25; token 4 absent
     shaped = np.array([0.25, -3.25, 0.5, -6.75, 1.0])
     np.testing.assert_allclose(z, shaped - shaped.max(), rtol=1e-6)
+
+
+def test_sparse_and_dense_bias_agree(backend):
+    sparse = backend.process_logits(LOGITS, logit_bias=(BIAS_IDS, BIAS_VALUES), top_p=0.9)
+    dense = backend.process_logits(LOGITS, logit_bias=dense_bias(BIAS_IDS, BIAS_VALUES), top_p=0.9)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-6)
+    assert np.isneginf(sparse[0, 5])
 
 
 def test_boolean_and_packed_masks_agree(backend):
@@ -172,6 +195,12 @@ def test_callers_arrays_are_not_modified(eager_backend):
     (dict(history_lengths=3), ValueError, "history_lengths needs history"),
     (dict(history=HISTORY[:3]), ValueError, "do not broadcast"),
     (dict(logit_bias=np.zeros(V + 1)), ValueError, "last dimension 51, expected 50"),
+    (dict(logit_bias=(BIAS_IDS, BIAS_VALUES[:, :3])), ValueError, "ids and values must have the same shape"),
+    (dict(logit_bias=(BIAS_IDS + V, BIAS_VALUES)), ValueError, r"ids must be in \[0, 50\) or -1"),
+    (dict(logit_bias=(BIAS_IDS, np.full((ROWS, 5), np.nan))), ValueError, "finite or -inf"),
+    (dict(logit_bias=(BIAS_IDS.astype(float), BIAS_VALUES)), TypeError, "ids must be integers"),
+    (dict(logit_bias=(BIAS_IDS, BIAS_VALUES, BIAS_VALUES)), ValueError, "a pair"),
+    (dict(logit_bias=[BIAS_IDS, BIAS_VALUES]), TypeError, "tuple"),
     (dict(allowed=np.ones((ROWS, V), np.int32)), TypeError, "boolean array .* or a packed bitmask of uint32"),
     (dict(banned=np.zeros((ROWS, 1), np.uint32)), ValueError, "last dimension 1, expected 2"),
     (dict(banned=np.zeros((ROWS, V - 1), bool)), ValueError, "expected 50"),

@@ -145,7 +145,7 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
     """
     batch = (x.shape[0],)
     if params.logit_bias is not None:
-        x = x + _shaping._rows_of(params.logit_bias, batch, True, xp, x.dtype)
+        x = _shaping.add_bias(x, params.logit_bias, batch, xp)
     scope = {"all": counts.all, "output": counts.output, None: None}
     if config.repetition_scope is not None or config.frequency_scope is not None:
         x = _shaping.penalize_counts(x, scope[config.repetition_scope], scope[config.frequency_scope],

@@ -4,7 +4,8 @@ Each backend calls `shape` at the start of its pipeline, on the rows ``(N, V)`` 
 precision, when `present` says some shaping input is given; a step whose inputs are ``None`` is
 left out entirely. The steps, in order:
 
-1. ``logit_bias`` is added.
+1. ``logit_bias`` is added: dense ``(..., V)``, or sparse as a pair ``(ids, values)`` of
+   ``(..., M)`` arrays (``-1`` ids are padding).
 2. Penalties over the history (every valid entry of ``history`` counts: entries at or past a
    row's ``history_lengths`` and ``-1`` padding are ignored). For each distinct token with
    count ``c > 0``: the repetition penalty ``r`` divides a positive logit by ``r`` and multiplies
@@ -172,6 +173,28 @@ def _dropped(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, x
     return drop
 
 
+def add_bias(x: Any, bias: Any, batch_shape: tuple[int, ...], xp: Any) -> Any:
+    """``x`` plus the bias: dense ``(..., V)``, or sparse ``(ids, values)`` of shape ``(..., M)``
+    each (ids ``-1`` are padding; an id given twice in a row gets both values). A new array on
+    NumPy even without a bias, so the steps after it may write in place.
+    """
+    if bias is None:
+        return x if hasattr(x, "at") else x.copy()
+    if not isinstance(bias, tuple):
+        return x + _rows_of(bias, batch_shape, True, xp, x.dtype)
+    ids, values = (_rows_of(part, batch_shape, True, xp) for part in bias)
+    ids, values = xp.broadcast_arrays(ids, values)
+    values = values.astype(x.dtype)
+    n_rows, vocab = x.shape
+    rows = xp.broadcast_to(xp.arange(n_rows)[:, None], ids.shape)
+    valid = (ids >= 0) & (ids < vocab)
+    if hasattr(x, "at"):  # JAX: an id past the row is dropped (never a negative one: it would wrap)
+        return x.at[rows, xp.where(valid, ids, vocab)].add(values, mode="drop")
+    x = x.copy()
+    xp.add.at(x, (rows[valid], ids[valid]), values[valid])  # duplicates add up
+    return x
+
+
 def shape(x: Any, params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> Any:
     """The shaped rows: a new ``(N, V)`` array (``x``, the caller's data, is never written).
 
@@ -185,10 +208,7 @@ def shape(x: Any, params: SamplingParams, batch_shape: tuple[int, ...], xp: Any)
         ``(N, V)`` logits of ``x``'s dtype with bias, penalties and masks applied.
     """
     vocab = x.shape[1]
-    if params.logit_bias is not None:
-        x = x + _rows_of(params.logit_bias, batch_shape, True, xp, x.dtype)
-    elif not hasattr(x, "at"):
-        x = x.copy()  # NumPy: the steps below write into the shaping's own array
+    x = add_bias(x, params.logit_bias, batch_shape, xp)
     if _penalized(params):
         x = _apply_penalties(x, params, batch_shape, xp)
     drop = _dropped(params, batch_shape, vocab, xp)
