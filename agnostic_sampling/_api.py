@@ -67,6 +67,8 @@ def sample(
     repetition_penalty: Any = None,
     frequency_penalty: Any = None,
     presence_penalty: Any = None,
+    no_repeat_ngram_size: Any = None,
+    bad_words: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> Any:
@@ -100,6 +102,10 @@ def sample(
             positive, multiplied by ``r`` if negative (``1`` disables).
         frequency_penalty: subtracted once per occurrence in the history.
         presence_penalty: subtracted once from every token present in the history.
+        no_repeat_ngram_size: ``n`` per row (``0`` disables, at most 16): a token that would
+            complete an n-gram already in the history is banned (Hugging Face's rule).
+        bad_words: ``(W, M)`` or ``(..., W, M)`` token sequences right-padded with ``-1``: a
+            sequence's last id is banned when the history ends with its other ids.
         params: a `SamplingParams` instead of the keywords above (not both).
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``logits``.
 
@@ -117,7 +123,8 @@ def sample(
                        top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
                        banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty)
+                       presence_penalty=presence_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
     rng = as_backend_key(key, module, array)
     ids, status = module.sample(rng, array, resolved)
     raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
@@ -155,6 +162,8 @@ def process_logits(
     repetition_penalty: Any = None,
     frequency_penalty: Any = None,
     presence_penalty: Any = None,
+    no_repeat_ngram_size: Any = None,
+    bad_words: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> Any:
@@ -173,7 +182,8 @@ def process_logits(
                        top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
                        banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty)
+                       presence_penalty=presence_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
     out, status = module.process_logits(array, resolved)
     raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
     return out
@@ -196,6 +206,8 @@ def probs(
     repetition_penalty: Any = None,
     frequency_penalty: Any = None,
     presence_penalty: Any = None,
+    no_repeat_ngram_size: Any = None,
+    bad_words: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> Any:
@@ -214,7 +226,8 @@ def probs(
                        top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
                        banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty)
+                       presence_penalty=presence_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
     out, status = module.probs(array, resolved)
     raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
     return out

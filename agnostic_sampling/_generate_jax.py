@@ -75,8 +75,11 @@ def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
     for name in ("repetition_penalty", "frequency_penalty", "presence_penalty"):
         value = getattr(params, name)
         fields[name] = None if value is None else jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
-    if params.vocab_size is not None:
-        fields["vocab_size"] = jnp.broadcast_to(jnp.asarray(params.vocab_size, jnp.int32), (batch,))
+    for name in ("vocab_size", "no_repeat_ngram_size"):
+        value = getattr(params, name)
+        fields[name] = None if value is None else jnp.broadcast_to(jnp.asarray(value, jnp.int32), (batch,))
+    if params.bad_words is not None:
+        fields["bad_words"] = jnp.asarray(params.bad_words, jnp.int32)
     for name in ("allowed", "banned"):  # (..., V) or (..., words): as given, on device
         value = getattr(params, name)
         fields[name] = None if value is None else jnp.asarray(value)
@@ -135,9 +138,9 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,
             # statuses are traced: a bad row gives token -1, as in a jitted `sample`
             step_key = advance(key, t + 1, jnp) if isinstance(key, SeedWords) else jax.random.fold_in(key, t)
             shaped = logits
-            if shaping is not None:  # bias, penalties and min_tokens: the loop's own steps
+            if shaping is not None:  # bias, penalties, sequence bans, min_tokens: the loop's
                 shaped = shape_step(shaping, logits.astype(_precision(logits)), counts, generated, min_tokens,
-                                    shaping_params, jnp)
+                                    shaping_params, jnp, ids, t)
             tokens, _ = backend.sample(step_key, shaped, params)
             if kind is None:
                 return tokens, *skip()[1:]

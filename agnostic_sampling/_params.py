@@ -54,6 +54,7 @@ def register_pytree() -> None:
         _registered = True
 
 
+NGRAM_MAX = 16  # the largest no-repeat n-gram size (the comparisons are unrolled up to it on JAX)
 _INT_FIELDS = ("top_k", "min_keep")
 _INT32_MAX = 2**31 - 1  # any top_k or min_keep at least the vocabulary keeps every token
 _INT64 = (-(2**63), 2**63 - 1)
@@ -184,6 +185,8 @@ class SamplingParams:
     repetition_penalty: Any = None
     frequency_penalty: Any = None
     presence_penalty: Any = None
+    no_repeat_ngram_size: Any = None
+    bad_words: Any = None
 
     def __post_init__(self) -> None:
         # Once JAX is in use, register this class as a pytree, so that params can go into
@@ -196,7 +199,8 @@ class SamplingParams:
 
 # The shaping fields, checked by `validate_shaping`; FIELDS are the per-row sampling parameters.
 SHAPING_FIELDS = ("logit_bias", "allowed", "banned", "vocab_size", "history", "history_lengths",
-                  "repetition_penalty", "frequency_penalty", "presence_penalty")
+                  "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
+                  "bad_words")
 FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name not in SHAPING_FIELDS)
 _DEFAULTS = SamplingParams()
 
@@ -386,6 +390,46 @@ def _check_sparse_bias(bias: tuple[Any, ...], batch_shape: tuple[int, ...], voca
             raise ValueError(f"logit_bias values must be finite or -inf, got {_first(concrete, bad)}")
 
 
+def _check_sequence_bans(get: dict[str, Any], batch_shape: tuple[int, ...], vocab: int | None,
+                         history_supplied: bool) -> None:
+    """``no_repeat_ngram_size`` (per row, in ``[0, NGRAM_MAX]``, needs a history) and ``bad_words``
+    (``(..., W, M)`` ids, right-padded with ``-1``)."""
+    size = get["no_repeat_ngram_size"]
+    if size is not None:
+        if get["history"] is None and not history_supplied:
+            raise ValueError("no_repeat_ngram_size needs history= (the token ids whose n-grams are banned)")
+        array = size if hasattr(size, "dtype") else np.asarray(size)
+        if not np.issubdtype(np.dtype(array.dtype), np.integer) or np.dtype(array.dtype) == bool:
+            raise TypeError(f"no_repeat_ngram_size must be an integer, got dtype {array.dtype}")
+        _per_row_shape("no_repeat_ngram_size", array, batch_shape)
+        if not is_tracer(array):
+            concrete = np.asarray(array)
+            bad = (concrete < 0) | (concrete > NGRAM_MAX)
+            if bad.any():
+                raise ValueError(f"no_repeat_ngram_size must be in [0, {NGRAM_MAX}] (0 disables it), "
+                                 f"got {_first(concrete, bad)}")
+    words = get["bad_words"]
+    if words is None:
+        return
+    array = words if hasattr(words, "dtype") else np.asarray(words)
+    if not np.issubdtype(np.dtype(array.dtype), np.integer) or np.dtype(array.dtype) == bool:
+        raise TypeError(f"bad_words must be an integer array (W, M) of token sequences right-padded "
+                        f"with -1, got dtype {array.dtype}")
+    if array.ndim < 2:
+        raise ValueError(f"bad_words must have shape (..., W, M): W sequences of at most M ids, got "
+                         f"shape {tuple(array.shape)}")
+    _vector_shape("bad_words", array.reshape(*array.shape[:-2], -1), batch_shape, None)
+    if not is_tracer(array):
+        concrete = np.asarray(array)
+        bad = (concrete < -1) | (concrete >= (np.iinfo(np.int64).max if vocab is None else vocab))
+        if bad.any():
+            raise ValueError(f"bad_words ids must be in [0, {vocab}) or -1 (padding), got "
+                             f"{_first(concrete, bad)}")
+        padded = concrete == -1
+        if (padded[..., :-1] & ~padded[..., 1:]).any():
+            raise ValueError("bad_words sequences must be right-padded: -1 only after a sequence's ids")
+
+
 def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None, *,
                      history_supplied: bool = False) -> None:
     """Check the shaping fields of ``params``: shapes and dtypes always, values when concrete.
@@ -457,6 +501,7 @@ def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab
                     raise ValueError(f"history_lengths must be in [0, {history.shape[-1]}] (T), "
                                      f"got {_first(concrete, bad)}")
 
+    _check_sequence_bans(get, batch_shape, vocab, history_supplied)
     for name in penalties:
         value = get[name]
         array = value if hasattr(value, "dtype") else np.asarray(value)

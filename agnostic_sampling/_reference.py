@@ -96,6 +96,11 @@ def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...
     if isinstance(resolved.logit_bias, tuple):  # (ids, values): each (..., M)
         sparse = tuple(_row_inputs(part, batch_shape, True) for part in resolved.logit_bias)
         resolved = dataclasses.replace(resolved, logit_bias=None)
+    words = None
+    if resolved.bad_words is not None:  # (..., W, M): the sequences of each row
+        array = np.asarray(resolved.bad_words)
+        words = np.broadcast_to(array, (*batch_shape, *array.shape[-2:])).reshape(-1, *array.shape[-2:])
+        resolved = dataclasses.replace(resolved, bad_words=None)
     inputs = {name: _row_inputs(getattr(resolved, name), batch_shape, name in per_token)
               for name in SHAPING_FIELDS}
     for i in range(out.shape[0]):
@@ -105,6 +110,7 @@ def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...
                     out[i, int(token)] += float(value)
         elif inputs["logit_bias"] is not None:
             out[i] += inputs["logit_bias"][i].astype(np.float64)
+        length = 0
         if inputs["history"] is not None:
             history = inputs["history"][i]
             length = len(history) if inputs["history_lengths"] is None else int(inputs["history_lengths"][i])
@@ -126,6 +132,17 @@ def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...
             out[i, _mask(inputs["banned"][i], vocab)] = -np.inf
         if inputs["vocab_size"] is not None:
             out[i, int(inputs["vocab_size"][i]):] = -np.inf
+        seen = [] if inputs["history"] is None else [int(t) for t in inputs["history"][i][:length]]
+        if inputs["no_repeat_ngram_size"] is not None:
+            n = int(inputs["no_repeat_ngram_size"][i])
+            for start in range(len(seen) - n + 1 if n >= 1 else 0):  # Hugging Face's rule
+                if seen[start:start + n - 1] == seen[len(seen) - n + 1:] and seen[start + n - 1] != -1:
+                    out[i, seen[start + n - 1]] = -np.inf
+        if words is not None:
+            for word in words[i]:
+                word = [int(t) for t in word if t != -1]
+                if word and (len(word) == 1 or seen[len(seen) - len(word) + 1:] == word[:-1]):
+                    out[i, word[-1]] = -np.inf
     return out
 
 
@@ -146,6 +163,8 @@ def reference_probs(
     repetition_penalty: Any = None,
     frequency_penalty: Any = None,
     presence_penalty: Any = None,
+    no_repeat_ngram_size: Any = None,
+    bad_words: Any = None,
     params: SamplingParams | None = None,
 ) -> np.ndarray:
     """The processed distribution, computed plainly in float64 NumPy: the test oracle.
@@ -164,7 +183,8 @@ def reference_probs(
         logits, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
         logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size, history=history,
         history_lengths=history_lengths, repetition_penalty=repetition_penalty,
-        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
+        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
     out = np.empty_like(x)
     for i, row in enumerate(x):
         out[i] = _reference_row(row, *settings[i])

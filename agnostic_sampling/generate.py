@@ -125,6 +125,8 @@ def generate(
     repetition_penalty: Any = None,
     frequency_penalty: Any = None,
     presence_penalty: Any = None,
+    no_repeat_ngram_size: Any = None,
+    bad_words: Any = None,
     penalty_scope: str | None = None,
     penalty_window: int | None = None,
     min_tokens: Any = None,
@@ -195,6 +197,8 @@ def generate(
             ``"prompt_and_output"``: all three both.
         penalty_window: count only the last this many positions of each row (prompt or output;
             llama.cpp's ``penalty_last_n``); ``None``: every position.
+        no_repeat_ngram_size, bad_words: as in `sample`, over the row's prompt and generated
+            tokens.
         min_tokens: the EOS ids (``eos_id``) are banned until a row has generated this many
             tokens; a scalar or ``(B,)`` integers ``>= 0``; needs ``eos_id``.
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``prompt``.
@@ -226,7 +230,8 @@ def generate(
                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
                        logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty)
+                       presence_penalty=presence_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
     if context_size is not None:
         context_size = _positive_int("context_size", context_size)
     if request.backend == "numpy":
@@ -261,6 +266,8 @@ def generate_with_state(
     repetition_penalty: Any = None,
     frequency_penalty: Any = None,
     presence_penalty: Any = None,
+    no_repeat_ngram_size: Any = None,
+    bad_words: Any = None,
     penalty_scope: str | None = None,
     penalty_window: int | None = None,
     min_tokens: Any = None,
@@ -288,8 +295,9 @@ def generate_with_state(
     Args:
         key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
             top_logprobs, temperature, top_k, top_p, min_p, min_keep, logit_bias, allowed, banned,
-            vocab_size, repetition_penalty, frequency_penalty, presence_penalty, penalty_scope,
-            penalty_window, min_tokens, params, backend: as in `generate`.
+            vocab_size, repetition_penalty, frequency_penalty, presence_penalty,
+            no_repeat_ngram_size, bad_words, penalty_scope, penalty_window, min_tokens, params,
+            backend: as in `generate`.
         step: ``(state, ids (B,)) -> (logits (B, V), new_state)``.
         state: the step's initial state.
 
@@ -312,7 +320,8 @@ def generate_with_state(
                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
                        logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty)
+                       presence_penalty=presence_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
     if request.backend == "numpy":
         return _NumpyLoop(request, step=step, state=state).run()
     from agnostic_sampling import _generate_jax  # imports JAX: only once the JAX backend is chosen
@@ -448,9 +457,11 @@ def _loop_shaping(params: SamplingParams, penalty_scope: Any, penalty_window: An
         repetition_scope = None
     if params.frequency_penalty is None and params.presence_penalty is None:
         frequency_scope = None
-    if repetition_scope is None and frequency_scope is None and min_tokens is None:
+    sequences = params.no_repeat_ngram_size is not None or params.bad_words is not None
+    if repetition_scope is None and frequency_scope is None and min_tokens is None and not sequences:
         return None, None  # the backend's sample applies the bias and the masks
-    config = LoopShaping(repetition_scope, frequency_scope, penalty_window, eos_ids, min_tokens is not None)
+    config = LoopShaping(repetition_scope, frequency_scope, penalty_window, eos_ids, min_tokens is not None,
+                         sequences)
     return config, min_tokens
 
 
@@ -516,8 +527,8 @@ class _NumpyLoop:
         self.vocab = shape[-1]
         return logits
 
-    def draw(self, t: int, logits: np.ndarray,
-             generated: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+    def draw(self, t: int, logits: np.ndarray, generated: np.ndarray,
+             ids: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """One token per row from the logits of position ``t + 1``, and when asked its
         log-probability, top ids and top log-probabilities; bad logits are reported with the
         position that produced them."""
@@ -525,10 +536,10 @@ class _NumpyLoop:
         try:
             check_logits(logits)
             model_logits = logits
-            if request.shaping is not None:  # bias, penalties and min_tokens: the loop's own steps
+            if request.shaping is not None:  # bias, penalties, sequence bans, min_tokens: the loop's
                 precision = np.float64 if logits.dtype == np.float64 else np.float32
                 logits = shape_step(request.shaping, logits.astype(precision), self.counts, generated,
-                                    request.min_tokens, request.shaping_params, np)
+                                    request.min_tokens, request.shaping_params, np, ids, t)
             key = advance(request.key, t + 1, np) if isinstance(request.key, SeedWords) else request.key
             tokens, status = numpy_backend.sample(key, logits, request.params)
             raise_bad_rows(status, logits.shape)
@@ -573,7 +584,7 @@ class _NumpyLoop:
             taking = ~finished & (request.lengths <= t + 1)
             if not taking.any():
                 continue  # every row is reading its prompt (a step's prefill) or has finished
-            tokens, drawn = self.draw(t, logits, generated)
+            tokens, drawn = self.draw(t, logits, generated, ids)
             ids[taking, t + 1] = tokens[taking]
             if drawn is not None:
                 token, drawn_ids, drawn_top = drawn

@@ -116,6 +116,8 @@ CASES = {
     "window-output": (dict(penalty_scope="output", penalty_window=4), last(4, output_only), PENALTIES),
     "bias-and-penalty": ({}, everything, dict(repetition_penalty=1.4,
                                              logit_bias=np.linspace(-1, 1, V, dtype=np.float32))),
+    "ngrams-and-bad-words": ({}, everything, dict(no_repeat_ngram_size=np.array([2, 3, 1]),
+                                                 bad_words=np.array([[3, 6, -1], [6, 6, 7], [10, -1, -1]]))),
     "sparse-bias-and-penalty": ({}, output_only, dict(frequency_penalty=0.9, logit_bias=(
         np.array([[3, 10, -1], [10, 11, 12], [0, 0, 5]]), np.array([[1.0, 2.0, 0], [-1.0, 2.0, 3.0],
                                                                   [0.5, 0.5, -np.inf]], np.float32)))),

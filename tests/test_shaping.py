@@ -63,6 +63,9 @@ STEPS = {
     "presence": dict(history=HISTORY, history_lengths=LENGTHS,
                      presence_penalty=np.array([1.0, 0.0, -0.5, 2.0])),
     "penalties": PENALTIES,
+    "ngrams": dict(history=HISTORY, history_lengths=LENGTHS, no_repeat_ngram_size=np.array([2, 1, 3, 2])),
+    "bad_words": dict(history=HISTORY, bad_words=np.array([[HISTORY[0, -1], 7, -1], [HISTORY[1, 6], 9, -1],
+                                                           [3, 3, 11], [21, -1, -1]])),
     "everything": dict(PENALTIES, logit_bias=BIAS, banned=pack(BANNED), vocab_size=45),
 }
 TRUNCATIONS = {
@@ -102,6 +105,24 @@ def test_sparse_and_dense_bias_agree(backend):
     dense = backend.process_logits(LOGITS, logit_bias=dense_bias(BIAS_IDS, BIAS_VALUES), top_p=0.9)
     np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-6)
     assert np.isneginf(sparse[0, 5])
+
+
+def test_hugging_face_worked_examples(backend):
+    # Hugging Face's own test cases for NoRepeatNGramLogitsProcessor and NoBadWordsLogitsProcessor
+    ids = np.array([[1, 1, 2, 1], [0, 1, 0, 1]])
+    uniform = np.zeros((2, 3), np.float32)
+    for n, expected in [(2, [[0, 1, 1], [1, 0, 0]]), (3, [[0, 0, 0], [1, 0, 0]])]:
+        banned = backend.process_logits(uniform, history=ids, no_repeat_ngram_size=n) == -np.inf
+        assert banned.astype(int).tolist() == expected
+    ids = np.array([[0, 1, 3, 1], [0, 1, 0, 1]])
+    words = np.array([[1, -1, -1, -1], [1, 0, -1, -1], [0, 1, 2, -1], [1, 3, 1, 3]])  # theirs, less EOS
+    banned = backend.process_logits(np.zeros((2, 5), np.float32), history=ids, bad_words=words) == -np.inf
+    assert banned.astype(int).tolist() == [[1, 1, 0, 1, 0], [1, 1, 1, 0, 0]]
+
+
+def test_a_one_id_bad_word_needs_no_history(backend):
+    out = backend.process_logits(LOGITS, bad_words=np.array([[4, -1], [6, 2]]))  # (6, 2): needs 6 first
+    assert np.isneginf(out[:, 4]).all() and np.isfinite(out[:, 2]).all()
 
 
 def test_boolean_and_packed_masks_agree(backend):
@@ -195,6 +216,14 @@ def test_callers_arrays_are_not_modified(eager_backend):
     (dict(history_lengths=3), ValueError, "history_lengths needs history"),
     (dict(history=HISTORY[:3]), ValueError, "do not broadcast"),
     (dict(logit_bias=np.zeros(V + 1)), ValueError, "last dimension 51, expected 50"),
+    (dict(no_repeat_ngram_size=2), ValueError, "no_repeat_ngram_size needs history"),
+    (dict(history=HISTORY, no_repeat_ngram_size=17), ValueError, r"in \[0, 16\]"),
+    (dict(history=HISTORY, no_repeat_ngram_size=np.array([1, -1, 2, 2])), ValueError, "at row 1"),
+    (dict(history=HISTORY, no_repeat_ngram_size=2.0), TypeError, "no_repeat_ngram_size must be an integer"),
+    (dict(bad_words=np.array([[1.0, 2.0]])), TypeError, "bad_words must be an integer array"),
+    (dict(bad_words=np.array([1, 2])), ValueError, r"shape \(..., W, M\)"),
+    (dict(bad_words=np.array([[1, V]])), ValueError, r"bad_words ids must be in \[0, 50\)"),
+    (dict(bad_words=np.array([[-1, 3]])), ValueError, "right-padded"),
     (dict(logit_bias=(BIAS_IDS, BIAS_VALUES[:, :3])), ValueError, "ids and values must have the same shape"),
     (dict(logit_bias=(BIAS_IDS + V, BIAS_VALUES)), ValueError, r"ids must be in \[0, 50\) or -1"),
     (dict(logit_bias=(BIAS_IDS, np.full((ROWS, 5), np.nan))), ValueError, "finite or -inf"),

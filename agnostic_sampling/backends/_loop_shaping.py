@@ -5,8 +5,9 @@ penalties' counts itself and carries them from position to position: ``(B, V)`` 
 one array per scope the penalties need, counted once from the prompt before the loop and then
 updated by the one token that enters (and, with a window, the one that leaves) at each position,
 ``O(B)`` work. At the position whose logits are being sampled, ``shape_step`` adds the bias, applies
-the penalties from those counts (through the same arithmetic as a given ``history``) and bans the
-EOS ids while a row has generated fewer than ``min_tokens``; the masks (``allowed``, ``banned``,
+the penalties from those counts (through the same arithmetic as a given ``history``), the
+n-gram and bad-word bans over the ids so far, and bans the EOS ids while a row has generated
+fewer than ``min_tokens``; the masks (``allowed``, ``banned``,
 ``vocab_size``) stay in the parameters that the backend's ``sample`` applies.
 
 Scopes: ``"all"`` counts every position of the row up to the current one (prompt and output),
@@ -34,6 +35,7 @@ class LoopShaping(NamedTuple):
     window: int | None  # count only the last `window` positions; None: every position
     eos_ids: tuple[int, ...]  # banned while a row has generated fewer than min_tokens
     min_tokens: bool  # whether min_tokens was given
+    sequences: bool  # whether no_repeat_ngram_size or bad_words was given (bans over the ids so far)
 
 
 class Counts(NamedTuple):
@@ -130,7 +132,7 @@ def _column(ids: Any, t: Any, xp: Any) -> Any:
 
 
 def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_tokens: Any,
-               params: SamplingParams, xp: Any) -> Any:
+               params: SamplingParams, xp: Any, ids: Any = None, t: Any = None) -> Any:
     """One position's logits ``(B, V)`` (compute precision) with the bias, the penalties and
     ``min_tokens`` applied; a new array (``x`` is not written).
 
@@ -142,6 +144,8 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
         min_tokens: ``(B,)`` integers, or ``None``.
         params: the per-row parameters, each broadcast to ``(B,)`` (or ``(B, V)`` for the bias).
         xp: ``numpy`` or ``jax.numpy``.
+        ids: ``(B, total)`` the loop's buffer, for the sequence bans (positions ``0 .. t``).
+        t: the current position.
     """
     batch = (x.shape[0],)
     if params.logit_bias is not None:
@@ -150,6 +154,10 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
     if config.repetition_scope is not None or config.frequency_scope is not None:
         x = _shaping.penalize_counts(x, scope[config.repetition_scope], scope[config.frequency_scope],
                                      params, xp)
+    if config.sequences:  # n-grams and bad words over every position so far (O(B * total * n))
+        lengths = xp.full((x.shape[0],), t + 1)
+        banned = _shaping.sequence_bans(ids, lengths, params, batch, x.shape[1], xp)
+        x = xp.where(banned, xp.asarray(-xp.inf, x.dtype), x)
     eos_ids = [i for i in config.eos_ids if 0 <= i < x.shape[1]]  # static: V is known here
     if config.min_tokens and eos_ids:
         early = (generated < min_tokens)[:, None]
@@ -164,7 +172,7 @@ def sampling_params(params: SamplingParams) -> SamplingParams:
     Built field by field without ``__post_init__``, so traced values pass through as they are.
     """
     removed = ("logit_bias", "history", "history_lengths", "repetition_penalty", "frequency_penalty",
-               "presence_penalty")
+               "presence_penalty", "no_repeat_ngram_size", "bad_words")
     out = object.__new__(SamplingParams)
     for field in dataclasses.fields(SamplingParams):
         object.__setattr__(out, field.name, None if field.name in removed else getattr(params, field.name))

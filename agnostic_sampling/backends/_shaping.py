@@ -16,12 +16,14 @@ left out entirely. The steps, in order:
 3. ``allowed`` keeps only its tokens, ``banned`` sets its tokens to ``-inf``, and ``vocab_size``
    sets the tokens at or past it to ``-inf`` (a padded vocabulary's tail). A mask is boolean
    ``(..., V)`` or a packed bitmask of uint32 words ``(..., ceil(V / 32))``: bit ``j`` of word
-   ``w`` is token ``32 * w + j``.
+   ``w`` is token ``32 * w + j``. Then the sequence bans of `_ngrams` over the history:
+   ``no_repeat_ngram_size`` and ``bad_words``.
 
 Under ``jit`` the values are traced (the pytree of `SamplingParams`), and bad values follow the
 traced column of the README's "Bad input" table: a repetition penalty that is not a finite
 number > 0 is 1, a NaN frequency or presence penalty is 0, history ids outside ``[0, V)`` count
-as padding, lengths are clipped to ``[0, T]``. A row left with no finite logit gives id ``-1``.
+as padding, lengths are clipped to ``[0, T]``, n-gram sizes to ``[0, 16]``. A row left with no
+finite logit gives id ``-1``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from __future__ import annotations
 from typing import Any
 
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling.backends import _ngrams
 
-_MASKS = ("allowed", "banned", "vocab_size")
+_MASKS = ("allowed", "banned", "vocab_size", "no_repeat_ngram_size", "bad_words")
 _PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty")
 
 
@@ -124,14 +127,25 @@ def _with_penalties(value: Any, repeated: Any, count: Any, params: SamplingParam
     return value
 
 
-def _apply_penalties(x: Any, params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> Any:
-    n_rows, vocab = x.shape
+def _history_rows(params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> tuple[Any, Any]:
+    """The history ``(N, T)`` and its valid lengths ``(N,)`` (clipped to ``[0, T]``); an empty
+    history when none is given."""
+    n_rows = 1
+    for size in batch_shape:
+        n_rows *= size
+    if params.history is None:
+        return xp.full((n_rows, 1), -1), xp.zeros(n_rows, dtype=int)
     history = _rows_of(params.history, batch_shape, True, xp)
     width = history.shape[1]
     if params.history_lengths is None:
-        lengths = xp.full((n_rows,), width)
-    else:
-        lengths = xp.clip(_rows_of(params.history_lengths, batch_shape, False, xp), 0, width)
+        return history, xp.full((n_rows,), width)
+    return history, xp.clip(_rows_of(params.history_lengths, batch_shape, False, xp), 0, width)
+
+
+def _apply_penalties(x: Any, params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> Any:
+    n_rows, vocab = x.shape
+    history, lengths = _history_rows(params, batch_shape, xp)
+    width = history.shape[1]
     valid = (history >= 0) & (history < vocab) & (xp.arange(width)[None, :] < lengths[:, None])
     token, count = token_counts(history, valid, vocab, xp)
     rows = xp.arange(n_rows)[:, None]
@@ -170,7 +184,26 @@ def _dropped(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, x
     if params.vocab_size is not None:
         size = _rows_of(params.vocab_size, batch_shape, False, xp)
         drop = union(drop, xp.arange(vocab)[None, :] >= size[:, None])
+    if params.no_repeat_ngram_size is not None or params.bad_words is not None:
+        history, lengths = _history_rows(params, batch_shape, xp)
+        drop = union(drop, sequence_bans(history, lengths, params, batch_shape, vocab, xp))
     return drop
+
+
+def sequence_bans(history: Any, lengths: Any, params: SamplingParams, batch_shape: tuple[int, ...],
+                  vocab: int, xp: Any) -> Any:
+    """The no-repeat n-gram and bad-word bans as a boolean ``(N, V)`` (`_ngrams`)."""
+    banned = []
+    if params.no_repeat_ngram_size is not None:
+        size = _rows_of(params.no_repeat_ngram_size, batch_shape, False, xp)
+        banned.append(_ngrams.ngram_bans(history, lengths, size, vocab, xp))
+    if params.bad_words is not None:
+        words = xp.asarray(params.bad_words)
+        n_rows = history.shape[0]
+        per_row = (*batch_shape, *words.shape[-2:])
+        words = xp.reshape(xp.broadcast_to(words, per_row), (n_rows, *words.shape[-2:]))
+        banned.append(_ngrams.bad_word_bans(history, lengths, words, vocab, xp))
+    return _ngrams.banned_mask(xp.concatenate(banned, axis=1), vocab, xp)
 
 
 def add_bias(x: Any, bias: Any, batch_shape: tuple[int, ...], xp: Any) -> Any:
