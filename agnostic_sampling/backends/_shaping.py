@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling.backends import _ngrams
 
@@ -100,8 +102,14 @@ def _set_at(x: Any, token: Any, values: Any, xp: Any) -> Any:
     if hasattr(x, "at"):  # JAX: the entries past the row are dropped
         return x.at[rows, token].set(values, mode="drop", unique_indices=True)
     keep = token < x.shape[1]
-    x[rows[keep], token[keep]] = values[keep]  # x is the shaping's own array
+    x.reshape(-1)[_flat_index(x, token)[keep]] = values[keep]
     return x
+
+
+def _flat_index(x: Any, token: Any) -> Any:
+    """``row * V + token`` into NumPy ``x`` ``(N, V)``, tokens past the row clamped to its last."""
+    vocab = x.shape[1]
+    return np.minimum(token, vocab - 1) + np.arange(x.shape[0])[:, None] * vocab
 
 
 def _with_penalties(value: Any, repeated: Any, count: Any, params: SamplingParams,
@@ -148,8 +156,10 @@ def _apply_penalties(x: Any, params: SamplingParams, batch_shape: tuple[int, ...
     width = history.shape[1]
     valid = (history >= 0) & (history < vocab) & (xp.arange(width)[None, :] < lengths[:, None])
     token, count = token_counts(history, valid, vocab, xp)
-    rows = xp.arange(n_rows)[:, None]
-    value = x[rows, xp.minimum(token, vocab - 1)]
+    if hasattr(x, "at"):
+        value = x[xp.arange(n_rows)[:, None], xp.minimum(token, vocab - 1)]
+    else:  # the shaping's own C-ordered array: a flat take is ~3x faster than (row, token) pairs
+        value = np.take(x.reshape(-1), _flat_index(x, token))
     value = _with_penalties(value, token < vocab, xp.where(token < vocab, count, 0), params, batch_shape, xp)
     return _set_at(x, token, value.astype(x.dtype), xp)
 
@@ -212,9 +222,12 @@ def add_bias(x: Any, bias: Any, batch_shape: tuple[int, ...], xp: Any) -> Any:
     NumPy even without a bias, so the steps after it may write in place.
     """
     if bias is None:
-        return x if hasattr(x, "at") else x.copy()
+        return x if hasattr(x, "at") else np.array(x, order="C")
     if not isinstance(bias, tuple):
-        return x + _rows_of(bias, batch_shape, True, xp, x.dtype)
+        if hasattr(x, "at"):
+            return x + _rows_of(bias, batch_shape, True, xp, x.dtype)
+        # C order whatever the input's layout: the later steps write through flat indices
+        return np.add(x, _rows_of(bias, batch_shape, True, xp, x.dtype), order="C")
     ids, values = (_rows_of(part, batch_shape, True, xp) for part in bias)
     ids, values = xp.broadcast_arrays(ids, values)
     values = values.astype(x.dtype)
@@ -223,7 +236,7 @@ def add_bias(x: Any, bias: Any, batch_shape: tuple[int, ...], xp: Any) -> Any:
     valid = (ids >= 0) & (ids < vocab)
     if hasattr(x, "at"):  # JAX: an id past the row is dropped (never a negative one: it would wrap)
         return x.at[rows, xp.where(valid, ids, vocab)].add(values, mode="drop")
-    x = x.copy()
+    x = np.array(x, order="C")
     xp.add.at(x, (rows[valid], ids[valid]), values[valid])  # duplicates add up
     return x
 
