@@ -1,6 +1,6 @@
 """The capabilities around sampling, each timed beside the call it builds on, on each backend.
 
-Run: python benchmarks/capabilities.py [--batch 64] [--vocab 128256] [--repeat 7]
+Run: python benchmarks/capabilities.py [--batch 64] [--vocab 128256] [--repeat 7] [--only logprobs]
 
 Each row times one capability and its baseline on the same realistic float32 logits
 (`harness.realistic_logits`), alternately call by call (`harness.time_calls` with ``paired``), and
@@ -112,12 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--only", default="", help="time only the rows whose capability starts with this")
     args = parser.parse_args(argv)
     print(harness.machine_line())
     print(f"\nbatch {args.batch} x vocab {args.vocab}, medians of {args.repeat} paired calls\n")
     print("| capability / baseline | backend | capability (ms) | baseline (ms) | ratio |")
     print("|---|---|---:|---:|---:|")
     for name, backend, run, baseline in rows(args.batch, args.vocab):
+        if not name.startswith(args.only):
+            continue
         timing = harness.time_calls(run, repeat=args.repeat, paired=baseline)
         ratio = timing.median_ms / timing.paired_median_ms
         print(f"| {name} | {backend} | {timing.median_ms:.1f} | {timing.paired_median_ms:.1f} "

@@ -817,26 +817,69 @@ def verify_draft(key: np.random.Generator, logits: np.ndarray, draft_ids: np.nda
 
 
 # ============================================================================================
-# Log-probabilities: built on `_pipeline`'s kept sets; one exponential pass over the rows (for
-# the tempered mass), the top-n from the blocks with the largest maxima (the proof of `_head`).
+# Log-probabilities: built on `_pipeline`'s kept sets; one exponential pass over the rows (two for
+# raw log-probabilities at a temperature), fused with the rank count so that each row is read
+# from memory once; the top-n from the kept sets, or from the blocks with the largest maxima.
 
 
-def _row_masses(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, ``sum(exp((x - max) / T))`` over the finite tokens (float64) and their count.
+@dataclass
+class _RowTotals:
+    """What one pass over every row gives `logprobs`, one entry per row."""
 
-    Chunks of rows in a reused buffer, as `_outside_mass_exact` does, so the work stays in cache.
+    mass: np.ndarray  # sum(exp((x - max) / T)) over the finite tokens (float64)
+    finite: np.ndarray  # how many tempered logits are finite
+    above: np.ndarray  # how many logits exceed the row's chosen logit (the rank, less 1)
+    raw_mass: np.ndarray | None  # sum(exp(x - max)) (float64), when asked for
+
+
+def _row_totals(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray, chosen: np.ndarray,
+                raw: bool) -> _RowTotals:
+    """`_RowTotals` of every row, chunk by chunk in reused buffers (as `_outside_mass_exact`), so
+    that the comparison, the exponentials and the sums all read a chunk while it is in cache.
+
+    With ``raw``, rows whose temperature is not 1 also sum ``exp(x - max)`` before dividing (the
+    same values a pass at temperature 1 would give); the others' raw mass is their mass.
     """
-    rows = np.arange(x.shape[0])
-    mass = np.empty(rows.size)
-    finite = np.empty(rows.size, np.int64)
-    chunks = _row_chunks(rows.size, x.shape[1])
-    work = np.empty((chunks[0].stop - chunks[0].start, x.shape[1]), x.dtype)
+    n_rows, vocab = x.shape
+    mass, finite, above = np.empty(n_rows), np.empty(n_rows, np.int64), np.empty(n_rows, np.int64)
+    raw_mass = np.empty(n_rows) if raw else None
+    chunks = _row_chunks(n_rows, vocab)
+    work = np.empty((chunks[0].stop - chunks[0].start, vocab), x.dtype)
+    flags = np.empty(work.shape, bool)
+    spare = np.empty(work.shape, x.dtype) if raw else None
+    every = np.arange(n_rows)
     for part in chunks:
-        e = _tempered_into(work[: rows[part].size], x, rows[part], row_max[part], temperature[part])
-        finite[part] = np.count_nonzero(e > -np.inf, axis=1)
-        np.exp(e, out=e)
-        mass[part] = e.sum(axis=-1, dtype=np.float64)
-    return mass, finite
+        n = every[part].size
+        w, f = work[:n], flags[:n]
+        above[part] = np.count_nonzero(np.greater(x[part], chosen[part], out=f), axis=1)
+        _subtract_rows(x, every[part], row_max[part], out=w)
+        t = temperature[part]
+        if raw and np.any(t != 1):
+            raw_mass[part] = np.exp(w, out=spare[:n]).sum(axis=-1, dtype=np.float64)
+        w /= np.where(t == 0, 1, t).astype(x.dtype)[:, None]
+        finite[part] = np.count_nonzero(np.greater(w, -np.inf, out=f), axis=1)
+        mass[part] = np.exp(w, out=w).sum(axis=-1, dtype=np.float64)
+    if raw:
+        raw_mass = np.where(temperature != 1, raw_mass, mass)
+    return _RowTotals(mass, finite, above, raw_mass)
+
+
+def _largest(index: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` largest ``values`` per row with their ``index``, descending, ties by smaller index.
+
+    Wide rows are first cut to the entries at or above their ``n``-th largest value (a partition,
+    not a sort), ties at it kept, so the sort that orders ties by index runs on a few entries.
+    """
+    width = values.shape[1]
+    if width < n:  # a short candidate list: -inf entries after it (callers fill their ids)
+        index = np.pad(index, ((0, 0), (0, n - width)))
+        values = np.pad(values, ((0, 0), (0, n - width)), constant_values=-np.inf)
+    elif width > 4 * n:
+        nth = np.partition(values, width - n, axis=-1)[:, width - n]
+        column, values = _compact(values >= nth[:, None], values)
+        index = np.take_along_axis(index, column, -1)
+    order = np.lexsort((index, -values), axis=-1)[:, :n]
+    return np.take_along_axis(index, order, -1).astype(np.int64), np.take_along_axis(values, order, -1)
 
 
 def _top_n(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, n: int,
@@ -844,30 +887,57 @@ def _top_n(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, n: int,
     """The ``n`` largest ``value_of(rows, x[rows])`` per row, descending, ties by smaller index.
 
     ``value_of(rows, values)`` maps logits of ``rows`` (R, W) to the ranked values, element-wise
-    and monotone non-decreasing in the logit. The ``n`` blocks with the largest maxima hold ``n``
-    values at or above ``f(t)`` (``t`` their smallest maximum) and every value above it; a row
-    whose ``n``-th value equals ``f(t)`` completes its ties at ``f(t)`` from the whole row, in
-    index order (rare: a tie at the boundary, or fewer than ``n`` finite values).
+    and monotone non-decreasing in the logit. Every token outside the blocks with the largest
+    maxima is at most ``t``, their smallest maximum, so its value is at most ``f(t)``: the
+    gathered values above ``f(t)`` are all of the row's. A row with ``n`` of them takes its top
+    there; the others retry with ``GROWTH`` times as many blocks, and finally with the whole row.
+    ``2 n + 1`` blocks first: ``n + 1`` would do when the other ``n`` maxima stay above ``f(t)``,
+    the rest leaves room for ties and for rounding that merges values.
     """
-    vocab = x.shape[1]
-    blocks, threshold = _choose_blocks(block_max, n)
-    gathered = _gather(x, rows, blocks)
-    if blocks is None:
-        index = np.broadcast_to(np.arange(vocab), gathered.shape)
-    else:
-        index = (blocks[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(rows.size, -1)  # -inf past V
-    values = value_of(rows, gathered)
-    order = np.lexsort((index, -values), axis=-1)[:, :n]
-    top_ids = np.take_along_axis(index, order, -1).astype(np.int64)
-    top_values = np.take_along_axis(values, order, -1)
-    if blocks is None:
-        return top_ids, top_values
-    bound = value_of(rows, threshold[:, None])[:, 0]
-    for r in np.flatnonzero(top_values[:, -1] <= bound):
-        above = int(np.count_nonzero(top_values[r] > bound[r]))
-        row_values = value_of(rows[r : r + 1], x[rows[r : r + 1]])[0]
-        top_ids[r, above:] = np.flatnonzero(row_values == bound[r])[: n - above]
-        top_values[r, above:] = bound[r]
+    top_ids = np.zeros((rows.size, n), np.int64)
+    top_values = np.full((rows.size, n), -np.inf, x.dtype)
+    pending = np.arange(rows.size)
+    n_blocks = 2 * n + 1
+    while pending.size:
+        some = rows[pending]
+        blocks, threshold = _choose_blocks(block_max[pending], n_blocks)
+        gathered = _gather(x, some, blocks)
+        if blocks is None:
+            index = np.broadcast_to(np.arange(x.shape[1]), gathered.shape)
+            top_ids[pending], top_values[pending] = _largest(index, value_of(some, gathered), n)
+            break
+        values = value_of(some, gathered)
+        above = values > value_of(some, threshold[:, None])
+        done = np.count_nonzero(above, axis=-1) >= n
+        if done.any():
+            column, value = _compact(above[done], values[done])
+            index = np.take_along_axis(blocks[done], column // BLOCK, -1) * BLOCK + column % BLOCK
+            top_ids[pending[done]], top_values[pending[done]] = _largest(index, value, n)
+        pending = pending[~done]
+        n_blocks *= GROWTH
+    return top_ids, top_values
+
+
+def _top_of_kept(group: _Candidates, n: int, log_kept: np.ndarray,
+                 vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """The processed top-n of a group's rows, from its candidates alone.
+
+    The kept set is the candidates at or above the cut, each at ``z - log_kept``; every other
+    token is ``-inf``, so a row keeping fewer than ``n`` continues with the smallest ids outside
+    its kept set (among the first ``n + kept`` ids, at most ``kept`` of which are excluded).
+    """
+    inside = group.logit >= group.cut[:, None]
+    values = np.where(inside, group.logit - log_kept[:, None], -np.inf)
+    top_ids, top_values = _largest(group.index, values, n)
+    count = np.count_nonzero(top_values > -np.inf, axis=-1)
+    short = np.flatnonzero(count < n)
+    if short.size:
+        first = np.arange(min(2 * n, vocab))
+        listed = np.arange(n)[None, :] < count[short, None]
+        taken = ((first[None, :, None] == top_ids[short, None, :]) & listed[:, None, :]).any(axis=-1)
+        free, _ = _compact(~taken, np.zeros(taken.shape))  # ids in increasing order
+        fill = np.take_along_axis(free, np.maximum(np.arange(n) - count[short, None], 0), -1)
+        top_ids[short] = np.where(listed, top_ids[short], fill)
     return top_ids, top_values
 
 
@@ -889,7 +959,9 @@ def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,
     row_max = kept.row_max
     temperature = np.where(kept.greedy, 1, prm.temperature).astype(x.dtype)
 
-    tempered_mass, finite = _row_masses(x, row_max, temperature)
+    chosen = np.take_along_axis(x, ids[:, None], -1)
+    totals = _row_totals(x, row_max, temperature, chosen, raw=kind == "raw")
+    tempered_mass, finite = totals.mass, totals.finite
     kept_mass = tempered_mass.copy()
     kept_count = finite.copy()
     for group in kept.groups:
@@ -902,12 +974,7 @@ def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,
     kept_log_mass = np.where(truncated, np.minimum(np.log(kept_mass) - np.log(tempered_mass), 0), 0.0)
     log_kept = np.log(kept_mass).astype(x.dtype)
     if kind == "raw":
-        untempered = np.flatnonzero(temperature != 1)
-        raw_mass = tempered_mass.copy()
-        if untempered.size:
-            raw_mass[untempered] = _row_masses(x[untempered], row_max[untempered],
-                                               np.ones(untempered.size, x.dtype))[0]
-        log_raw = np.log(raw_mass).astype(x.dtype)
+        log_raw = np.log(totals.raw_mass).astype(x.dtype)
 
     def value_of(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The log-probabilities of logits ``values`` (R, W) of ``rows`` (greedy rows: not here)."""
@@ -918,9 +985,8 @@ def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,
         return np.where((z >= kept.cut[rows, None]) & (z > -np.inf), z - log_kept[rows, None], -np.inf)
 
     every = np.arange(n_rows)
-    chosen = np.take_along_axis(x, ids[:, None], -1)
     token = value_of(every, chosen)[:, 0]
-    rank = 1 + np.count_nonzero(x > chosen, axis=-1)
+    rank = 1 + totals.above
 
     top_ids = np.zeros((n_rows, top_n), np.int64)
     top_logprobs = np.full((n_rows, top_n), -np.inf, x.dtype)
@@ -935,6 +1001,12 @@ def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,
             others = others + (others >= first[:, None])
             top_ids[greedy_rows] = np.concatenate([first[:, None], others], axis=1)
             top_logprobs[greedy_rows, 0] = 0
+    if top_n and kind == "processed":
+        # A truncated row's kept set is its group's candidates at or above the cut: no gather.
+        for group in (g for g in kept.groups if g.rows.size):
+            top_ids[group.rows], top_logprobs[group.rows] = _top_of_kept(group, top_n, log_kept[group.rows],
+                                                                         x.shape[1])
+        ranked = np.flatnonzero(kept.dense)
     if top_n and ranked.size:
         block_max = _block_maxima(x[ranked]) if kept.block_max is None else kept.block_max[ranked]
         top_ids[ranked], top_logprobs[ranked] = _top_n(x, ranked, block_max, top_n, value_of)
