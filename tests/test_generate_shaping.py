@@ -219,3 +219,16 @@ def test_bad_loop_shaping_is_refused_before_the_model_is_called(loop, keywords, 
 def test_min_tokens_needs_an_eos_id():
     with pytest.raises(ValueError, match="needs eos_id"):
         smp.generate(0, lambda ids: TABLE[ids], PROMPT, max_new_tokens=2, min_tokens=1)
+
+
+def test_numpy_loop_with_logits_of_any_layout(loop):
+    # the NumPy loop writes the penalties in place into its own copy, whatever the model returns
+    if loop.name != "numpy":
+        pytest.skip("a NumPy layout")
+    fortran = np.asfortranarray(TABLE)
+    prompt = PROMPT
+    kw = dict(max_new_tokens=NEW, prompt_lengths=LENGTHS, pad_id=PAD, eos_id=EOS, temperature=0.8,
+              repetition_penalty=1.5, frequency_penalty=0.4, penalty_scope="prompt_and_output")
+    want = smp.generate(smp.Seed(1, 0), lambda ids: TABLE[ids], prompt, **kw)
+    got = smp.generate_with_state(smp.Seed(1, 0), lambda s, ids: (fortran[ids].T.copy().T, s), 0, prompt, **kw)
+    np.testing.assert_array_equal(got.ids, want.ids)

@@ -6,9 +6,9 @@ one array per scope the penalties need, counted once from the prompt before the 
 updated by the one token that enters (and, with a window, the one that leaves) at each position,
 ``O(B)`` work. At the position whose logits are being sampled, ``shape_step`` adds the bias, applies
 the penalties from those counts (through the same arithmetic as a given ``history``), the
-n-gram and bad-word bans over the ids so far, and bans the EOS ids while a row has generated
-fewer than ``min_tokens``; the masks (``allowed``, ``banned``,
-``vocab_size``) stay in the parameters that the backend's ``sample`` applies.
+n-gram and bad-word bans over the ids so far, the EOS ban while a row has generated fewer than
+``min_tokens``, and the masks (``allowed``, ``banned``, ``vocab_size``), all in one array; the
+backend's ``sample`` then gets the parameters without the shaping.
 
 Scopes: ``"all"`` counts every position of the row up to the current one (prompt and output),
 ``"output"`` only its generated positions (at or past its prompt length). A window of ``N`` keeps
@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any
 from typing import NamedTuple
 
+from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling.backends import _shaping
 
@@ -39,10 +40,16 @@ class LoopShaping(NamedTuple):
 
 
 class Counts(NamedTuple):
-    """The carried counts, ``(B, V)`` integers each, ``None`` for a scope no penalty uses."""
+    """The carried counts, ``(B, V)`` integers each, ``None`` for a scope no penalty uses.
+
+    On NumPy ``touched`` holds the flat indices ``row * V + token`` of the entries whose count
+    has been positive (an index may repeat), so a step reads and writes only those; on JAX it is
+    ``None`` (the elementwise penalties fuse into one pass there).
+    """
 
     all: Any
     output: Any
+    touched: Any = None
 
 
 def _scopes(config: LoopShaping) -> tuple[bool, bool]:
@@ -93,7 +100,10 @@ def initial_counts(config: LoopShaping, ids: Any, lengths: Any, start: Any, voca
         included = included & (position >= start - config.window)
     counts_all = _count(ids, included, vocab, xp) if need_all else None
     counts_output = _count(ids, included & (position >= lengths[:, None]), vocab, xp) if need_output else None
-    return Counts(counts_all, counts_output)
+    if hasattr(ids, "at"):
+        return Counts(counts_all, counts_output)
+    widest = counts_all if counts_all is not None else counts_output  # all covers output
+    return Counts(counts_all, counts_output, None if widest is None else xp.flatnonzero(widest))
 
 
 def advance_counts(config: LoopShaping, counts: Counts, ids: Any, lengths: Any, t: Any, xp: Any) -> Counts:
@@ -111,7 +121,7 @@ def advance_counts(config: LoopShaping, counts: Counts, ids: Any, lengths: Any, 
         old = t - config.window
         leaving = xp.where(old >= 0, _column(ids, xp.maximum(old, 0), xp), -1)
         old_is_output = old >= lengths
-    counts_all, counts_output = counts
+    counts_all, counts_output, touched = counts
     if counts_all is not None:
         counts_all = _add(counts_all, entering, ones, xp)
         if leaving is not None:
@@ -120,7 +130,13 @@ def advance_counts(config: LoopShaping, counts: Counts, ids: Any, lengths: Any, 
         counts_output = _add(counts_output, entering, is_output.astype(xp.int32), xp)
         if leaving is not None:
             counts_output = _add(counts_output, leaving, -old_is_output.astype(xp.int32), xp)
-    return Counts(counts_all, counts_output)
+    if touched is not None:  # NumPy: entries whose count just became positive join the list
+        widest = counts_all if counts_all is not None else counts_output
+        vocab = widest.shape[1]
+        rows = xp.flatnonzero((entering >= 0) & (entering < vocab))
+        first = widest[rows, entering[rows]] == 1
+        touched = xp.concatenate([touched, rows[first] * vocab + entering[rows[first]]])
+    return Counts(counts_all, counts_output, touched)
 
 
 def _column(ids: Any, t: Any, xp: Any) -> Any:
@@ -133,7 +149,7 @@ def _column(ids: Any, t: Any, xp: Any) -> Any:
 
 def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_tokens: Any,
                params: SamplingParams, xp: Any, ids: Any = None, t: Any = None) -> Any:
-    """One position's logits ``(B, V)`` (compute precision) with the bias, the penalties and
+    """One position's logits ``(B, V)`` (compute precision) with every shaping step and
     ``min_tokens`` applied; a new array (``x`` is not written).
 
     Args:
@@ -148,32 +164,27 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
         t: the current position.
     """
     batch = (x.shape[0],)
-    if params.logit_bias is not None:
-        x = _shaping.add_bias(x, params.logit_bias, batch, xp)
+    x = _shaping.add_bias(x, params.logit_bias, batch, xp)  # NumPy: a C-ordered copy, bias or not
     scope = {"all": counts.all, "output": counts.output, None: None}
     if config.repetition_scope is not None or config.frequency_scope is not None:
         x = _shaping.penalize_counts(x, scope[config.repetition_scope], scope[config.frequency_scope],
-                                     params, xp)
-    if config.sequences:  # n-grams and bad words over every position so far (O(B * total * n))
-        lengths = xp.full((x.shape[0],), t + 1)
-        banned = _shaping.sequence_bans(ids, lengths, params, batch, x.shape[1], xp)
-        x = xp.where(banned, xp.asarray(-xp.inf, x.dtype), x)
+                                     params, xp, counts.touched)
+    history = (ids, xp.full((x.shape[0],), t + 1)) if config.sequences else None  # positions 0 .. t
+    drop = _shaping.dropped(params, batch, x.shape[1], xp, history)  # masks and sequence bans
     eos_ids = [i for i in config.eos_ids if 0 <= i < x.shape[1]]  # static: V is known here
     if config.min_tokens and eos_ids:
         early = (generated < min_tokens)[:, None]
-        is_eos = xp.isin(xp.arange(x.shape[1]), xp.asarray(eos_ids))[None, :]
-        x = xp.where(early & is_eos, xp.asarray(-xp.inf, x.dtype), x)
-    return x
+        drop = _shaping.union(drop, early & xp.isin(xp.arange(x.shape[1]), xp.asarray(eos_ids))[None, :])
+    return _shaping.ban(x, drop, xp)
 
 
 def sampling_params(params: SamplingParams) -> SamplingParams:
-    """``params`` without the steps `shape_step` applies (bias and penalties), for the backend.
+    """``params`` without the shaping, which `shape_step` applies, for the backend's ``sample``.
 
     Built field by field without ``__post_init__``, so traced values pass through as they are.
     """
-    removed = ("logit_bias", "history", "history_lengths", "repetition_penalty", "frequency_penalty",
-               "presence_penalty", "no_repeat_ngram_size", "bad_words")
     out = object.__new__(SamplingParams)
     for field in dataclasses.fields(SamplingParams):
-        object.__setattr__(out, field.name, None if field.name in removed else getattr(params, field.name))
+        shaping = field.name in SHAPING_FIELDS
+        object.__setattr__(out, field.name, None if shaping else getattr(params, field.name))
     return out
