@@ -538,8 +538,8 @@ class _NumpyLoop:
             model_logits = logits
             if request.shaping is not None:  # bias, penalties, sequence bans, min_tokens: the loop's
                 precision = np.float64 if logits.dtype == np.float64 else np.float32
-                logits = shape_step(request.shaping, logits.astype(precision, copy=False), self.counts, generated,
-                                    request.min_tokens, request.shaping_params, np, ids, t)
+                logits = shape_step(request.shaping, logits.astype(precision, copy=False), self.counts,
+                                    generated, request.min_tokens, request.shaping_params, np, ids, t)
             key = advance(request.key, t + 1, np) if isinstance(request.key, SeedWords) else request.key
             tokens, status = numpy_backend.sample(key, logits, request.params)
             raise_bad_rows(status, logits.shape)

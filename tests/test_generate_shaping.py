@@ -230,5 +230,8 @@ def test_numpy_loop_with_logits_of_any_layout(loop):
     kw = dict(max_new_tokens=NEW, prompt_lengths=LENGTHS, pad_id=PAD, eos_id=EOS, temperature=0.8,
               repetition_penalty=1.5, frequency_penalty=0.4, penalty_scope="prompt_and_output")
     want = smp.generate(smp.Seed(1, 0), lambda ids: TABLE[ids], prompt, **kw)
-    got = smp.generate_with_state(smp.Seed(1, 0), lambda s, ids: (fortran[ids].T.copy().T, s), 0, prompt, **kw)
+    def step(state: Any, ids: Any) -> tuple[Any, Any]:
+        return np.asfortranarray(fortran[ids]), state
+
+    got = smp.generate_with_state(smp.Seed(1, 0), step, 0, prompt, **kw)
     np.testing.assert_array_equal(got.ids, want.ids)

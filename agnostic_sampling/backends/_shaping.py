@@ -112,7 +112,8 @@ def _flat_index(x: Any, token: Any) -> Any:
     return np.minimum(token, vocab - 1) + np.arange(x.shape[0])[:, None] * vocab
 
 
-def _penalty_rows(params: SamplingParams, batch_shape: tuple[int, ...], xp: Any, dtype: Any) -> tuple[Any, ...]:
+def _penalty_rows(params: SamplingParams, batch_shape: tuple[int, ...], xp: Any,
+                  dtype: Any) -> tuple[Any, ...]:
     """The repetition, frequency and presence penalties per row, ``(N,)`` each or ``None``, with
     the traced policy applied (a repetition penalty that is not a finite number > 0 is 1, a NaN
     frequency or presence penalty 0)."""
