@@ -298,6 +298,17 @@ def logprobs(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    logit_bias: Any = None,
+    allowed: Any = None,
+    banned: Any = None,
+    vocab_size: Any = None,
+    history: Any = None,
+    history_lengths: Any = None,
+    repetition_penalty: Any = None,
+    frequency_penalty: Any = None,
+    presence_penalty: Any = None,
+    no_repeat_ngram_size: Any = None,
+    bad_words: Any = None,
     params: SamplingParams | None = None,
     backend: str | None = None,
 ) -> LogprobsResult:
@@ -321,6 +332,11 @@ def logprobs(
         kind: ``"processed"`` or ``"raw"``.
         top_n: how many alternatives to return per row, ``0 <= top_n <= V`` (static under jit).
         temperature, top_k, top_p, min_p, min_keep, params: as in `sample`, per row allowed.
+        logit_bias, allowed, banned, vocab_size, history, history_lengths, repetition_penalty,
+            frequency_penalty, presence_penalty, no_repeat_ngram_size, bad_words: the logit
+            shaping, as in `sample`; processed kind only (the raw kind is the logits as given:
+            shaping with ``kind="raw"`` is a ``ValueError``). With shaping, ``rank`` and
+            ``top_ids`` are by the shaped logits.
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``logits``.
 
     Returns:
@@ -346,8 +362,17 @@ def logprobs(
     if not 0 <= top_n <= vocab:
         raise ValueError(f"top_n must be in [0, {vocab}] (the vocabulary size), got {top_n}")
     ids = _check_ids(ids, module, array)
-    resolved = _params(params, array.shape[:-1], temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, min_keep=min_keep)
+    resolved = _params(params, array.shape[:-1], vocab, temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed, banned=banned,
+                       vocab_size=vocab_size, history=history, history_lengths=history_lengths,
+                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                       bad_words=bad_words)
+    shaped = _shaping_given(resolved)
+    if shaped and kind == "raw":
+        given = ", ".join(name for name in SHAPING_FIELDS if getattr(resolved, name) is not None)
+        raise ValueError(f"kind='raw' is log_softmax of the logits as given; logit shaping ({given}) "
+                         f"applies to kind='processed' only")
     fields, status = module.logprobs(array, ids, resolved, kind, int(top_n))
-    raise_bad_rows(status, array.shape)
+    raise_bad_rows(status, array.shape, shaped=shaped)
     return LogprobsResult(*fields)

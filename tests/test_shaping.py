@@ -329,3 +329,23 @@ def test_absent_inputs_leave_the_step_out():
     assert _shaping.present(smp.SamplingParams(vocab_size=3))
     # and history without penalties gives the unshaped distribution
     np.testing.assert_array_equal(smp.probs(LOGITS, history=HISTORY), smp.probs(LOGITS))
+
+
+@pytest.mark.parametrize("step", ["bias", "banned", "penalties", "ngrams", "everything"])
+def test_processed_logprobs_are_the_log_of_the_shaped_probs(backend, step):
+    kw = dict(STEPS[step], top_p=0.9, temperature=0.8)
+    probs = reference_probs(LOGITS, **kw)
+    ids = np.argmax(probs, axis=-1)
+    if backend.name == "numpy":
+        got = smp.logprobs(LOGITS, ids, **kw)
+    else:
+        import jax.numpy as jnp
+
+        got = smp.logprobs(jnp.asarray(LOGITS), jnp.asarray(ids), **kw)
+    np.testing.assert_allclose(np.asarray(got.token), np.log(probs[np.arange(ROWS), ids]), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got.kept_count), (probs > 0).sum(axis=-1))
+
+
+def test_raw_logprobs_refuse_shaping():
+    with pytest.raises(ValueError, match="applies to kind='processed' only"):
+        smp.logprobs(LOGITS, np.zeros(ROWS, int), kind="raw", banned=BANNED)

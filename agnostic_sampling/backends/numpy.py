@@ -947,8 +947,9 @@ def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,
 
     Log-probabilities are ``z - log(sum(exp(z)))`` over the distribution's support, in the
     compute precision; the kept sets are `_pipeline`'s (a group's candidates at or above its cut).
+    The shaping applies to the processed kind (the public function refuses it with ``"raw"``).
     """
-    x = _rows(logits)
+    x = _shaped_rows(logits, params) if kind == "processed" else _rows(logits)
     batch_shape = logits.shape[:-1]
     prm = _Rows.from_params(params, batch_shape, x.dtype)
     kept, status = _pipeline(x, prm)
