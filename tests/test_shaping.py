@@ -66,7 +66,9 @@ STEPS = {
     "ngrams": dict(history=HISTORY, history_lengths=LENGTHS, no_repeat_ngram_size=np.array([2, 1, 3, 2])),
     "bad_words": dict(history=HISTORY, bad_words=np.array([[HISTORY[0, -1], 7, -1], [HISTORY[1, 6], 9, -1],
                                                            [3, 3, 11], [21, -1, -1]])),
-    "everything": dict(PENALTIES, logit_bias=BIAS, banned=pack(BANNED), vocab_size=45),
+    "everything": dict(PENALTIES, logit_bias=BIAS, banned=pack(BANNED), vocab_size=45,
+                       no_repeat_ngram_size=np.array([1, 2, 2, 3]),
+                       bad_words=np.array([[3, 7], [HISTORY[0, -1], 9]])),
 }
 TRUNCATIONS = {
     "plain": {},
