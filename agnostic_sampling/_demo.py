@@ -283,7 +283,7 @@ def run_demo(backend: str = "numpy", *, seed: int = 0, draws: int = DRAWS, write
 
 
 def plot(path: str, backend: str = "numpy") -> None:
-    """Write the demo's figure to ``path`` (PNG): temperatures, then one panel per strategy.
+    r"""Write the demo's figure to ``path`` (PNG): temperatures, then one panel per strategy.
 
     The top panel is the seed tutorial's grouped bar chart (probability of each word at
     temperatures 1, 0.1 and 5); below it, each truncation strategy's renormalised distribution
@@ -293,7 +293,7 @@ def plot(path: str, backend: str = "numpy") -> None:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "demo.png")
         >>> plot(path)
-        >>> open(path, "rb").read(8) == b"\\x89PNG\\r\\n\\x1a\\n"
+        >>> open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
         True
     """
     from matplotlib.figure import Figure  # the pyplot-free API: no global state, no GUI backend

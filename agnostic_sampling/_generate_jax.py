@@ -65,7 +65,8 @@ def run(request: Request, fn: Any, *, stateful: bool, state: Any,
 
 def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
     """Every field given as a (B,) array of one dtype, so new values (scalar or per row) reuse
-    the compiled loop; ``None`` fields stay ``None`` (static: the step is compiled out)."""
+    the compiled loop; ``None`` fields stay ``None`` (static: the step is compiled out).
+    """
     fields = {}
     for name in FIELDS:
         value = getattr(params, name)
@@ -96,7 +97,7 @@ def _precision(logits: Any) -> Any:
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,
+def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,  # noqa: C901
              shaping_params: SamplingParams | None, min_tokens: Any, pad: Any, state: Any, *, fn: Any,
              stateful: bool, max_new_tokens: int, window: int, kind: str | None, top_n: int,
              eos_ids: tuple[int, ...],

@@ -63,7 +63,7 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 
-def _canonical(name: str, value: Any) -> Any:
+def _canonical(name: str, value: Any) -> Any:  # noqa: C901
     """``value`` as an array of the field's one dtype, so that every value traces alike.
 
     Floats become float64 NumPy arrays (JAX arrays: JAX's default float, float32 unless x64 is
@@ -251,7 +251,7 @@ def _check_dtype(name: str, dtype: Any) -> None:
         raise TypeError(f"{name} must be a number or a numeric array, got dtype {dtype}")
 
 
-def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:
+def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:  # noqa: C901
     """Raise if a concrete parameter value does not broadcast or is out of its range."""
     if isinstance(value, complex):
         raise TypeError(f"{name} must be real, got the complex number {value!r}")
@@ -390,10 +390,11 @@ def _check_sparse_bias(bias: tuple[Any, ...], batch_shape: tuple[int, ...], voca
             raise ValueError(f"logit_bias values must be finite or -inf, got {_first(concrete, bad)}")
 
 
-def _check_sequence_bans(get: dict[str, Any], batch_shape: tuple[int, ...], vocab: int | None,
+def _check_sequence_bans(get: dict[str, Any], batch_shape: tuple[int, ...], vocab: int | None,  # noqa: C901
                          history_supplied: bool) -> None:
     """``no_repeat_ngram_size`` (per row, in ``[0, NGRAM_MAX]``, needs a history) and ``bad_words``
-    (``(..., W, M)`` ids, right-padded with ``-1``)."""
+    (``(..., W, M)`` ids, right-padded with ``-1``).
+    """
     size = get["no_repeat_ngram_size"]
     if size is not None:
         if get["history"] is None and not history_supplied:
@@ -430,7 +431,7 @@ def _check_sequence_bans(get: dict[str, Any], batch_shape: tuple[int, ...], voca
             raise ValueError("bad_words sequences must be right-padded: -1 only after a sequence's ids")
 
 
-def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None, *,
+def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None, *,  # noqa: C901
                      history_supplied: bool = False) -> None:
     """Check the shaping fields of ``params``: shapes and dtypes always, values when concrete.
 

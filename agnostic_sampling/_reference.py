@@ -87,7 +87,7 @@ def _mask(row: np.ndarray, vocab: int) -> np.ndarray:
     return np.array([bool((int(row[t // 32]) >> (t % 32)) & 1) for t in range(vocab)])
 
 
-def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...]) -> np.ndarray:
+def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...]) -> np.ndarray:  # noqa: C901
     """Bias, penalties and masks applied plainly, row by row, token by token, in float64."""
     out = x.copy()
     vocab = x.shape[1]

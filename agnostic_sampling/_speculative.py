@@ -33,7 +33,7 @@ class DraftVerification(NamedTuple):
     num_emitted: Any
 
 
-def _check_draft(draft_ids: Any, draft_probs: Any, shape: tuple[int, ...], module: Any) -> tuple[Any, Any]:
+def _check_draft(draft_ids: Any, draft_probs: Any, shape: tuple[int, ...], module: Any) -> tuple[Any, Any]:  # noqa: C901
     """Check the draft's ids and probabilities against the target logits' shape ``(B, K + 1, V)``."""
     batch, positions, vocab = shape
     ids = module.asarray(draft_ids) if not isinstance(draft_ids, np.ndarray) else draft_ids

@@ -428,10 +428,11 @@ def _eos_ids(eos_id: Any) -> tuple[int, ...]:
 _SCOPES = {None: ("all", "output"), "output": ("output", "output"), "prompt_and_output": ("all", "all")}
 
 
-def _loop_shaping(params: SamplingParams, penalty_scope: Any, penalty_window: Any, min_tokens: Any,
+def _loop_shaping(params: SamplingParams, penalty_scope: Any, penalty_window: Any, min_tokens: Any,  # noqa: C901
                   eos_ids: tuple[int, ...], batch: int) -> tuple[LoopShaping | None, Any]:
     """The loop's static shaping configuration (``None`` when the loop shapes nothing) and the
-    ``min_tokens`` per row."""
+    ``min_tokens`` per row.
+    """
     if penalty_scope not in _SCOPES:
         raise ValueError(f"penalty_scope must be None (repetition over prompt and output, frequency "
                          f"and presence over the output, as vLLM), 'output' or 'prompt_and_output', "
@@ -531,7 +532,8 @@ class _NumpyLoop:
              ids: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """One token per row from the logits of position ``t + 1``, and when asked its
         log-probability, top ids and top log-probabilities; bad logits are reported with the
-        position that produced them."""
+        position that produced them.
+        """
         request = self.request
         try:
             check_logits(logits)
@@ -556,7 +558,7 @@ class _NumpyLoop:
         token, _, top_ids, top_logprobs, _, _ = fields
         return tokens, (token, top_ids, top_logprobs)
 
-    def run(self) -> GenerateResult:
+    def run(self) -> GenerateResult:  # noqa: C901
         request = self.request
         batch, width = request.prompt.shape
         total = width + request.max_new_tokens

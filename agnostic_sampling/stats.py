@@ -313,7 +313,7 @@ class ChiSquareResult:
         return "\n".join(lines)
 
 
-def chisquare_gof(
+def chisquare_gof(  # noqa: C901
     observed: Any,
     expected: Any,
     *,

@@ -118,7 +118,6 @@ def power_against(expected: Any, alternative: Any, n: int, *, alpha: float = DEF
         >>> round(power_against(p, a, 10_000, alpha=1e-6), 3)
         1.0
     """
-
     p, a = _as_probabilities(expected), _as_probabilities(alternative)
     if a.shape != p.shape:
         raise ValueError(f"alternative must have shape {p.shape}, got {a.shape}")
@@ -177,7 +176,7 @@ def _shape_bytes(shape: str) -> int:
     return total
 
 
-def collectives(hlo_text: str) -> list[Collective]:
+def collectives(hlo_text: str) -> list[Collective]:  # noqa: C901
     """The collectives of a compiled program, from its text: ``jit(f).lower(...).compile().as_text()``.
 
     Sizes are those of the per-device operands, read from the instructions that define them.

@@ -51,7 +51,8 @@ class _Prepared(NamedTuple):
 
 def _cleaned(raw: jax.Array, posinf: jax.Array, dtype: Any) -> jax.Array:
     """The traced bad-value policy, element-wise: NaN -> -inf; a row holding +inf (``posinf``)
-    keeps 0 at its +inf tokens and -inf elsewhere."""
+    keeps 0 at its +inf tokens and -inf elsewhere.
+    """
     x = raw.astype(dtype)
     x = jnp.where(jnp.isnan(x), -jnp.inf, x)
     return jnp.where(posinf[:, None], jnp.where(x == jnp.inf, 0, -jnp.inf).astype(dtype), x)

@@ -51,7 +51,8 @@ _TOP_LEVEL = 1024  # the pyramid is halved while a level stays at least this wid
 def _levels(weight: jax.Array) -> list[jax.Array]:
     """A pyramid of sums of adjacent pairs over ``weight``, halved while the width is even and the
     next level stays at least ``_TOP_LEVEL`` wide. Adjacent pairs, so that a vocabulary split
-    evenly over devices stays split and each device sums its own pairs."""
+    evenly over devices stays split and each device sums its own pairs.
+    """
     levels = [weight]
     while levels[-1].shape[1] % 2 == 0 and levels[-1].shape[1] // 2 >= _TOP_LEVEL:
         pairs = levels[-1].reshape(weight.shape[0], -1, 2)
@@ -62,7 +63,8 @@ def _levels(weight: jax.Array) -> list[jax.Array]:
 def _snap(weight: jax.Array, found: jax.Array) -> jax.Array:
     """``found`` where its weight is positive, else the nearest positive index (the largest one
     below, else the smallest above); -1 for a row with no positive weight. One reduction: indices
-    above ``found`` are ranked below every index at or under it."""
+    above ``found`` are ranked below every index at or under it.
+    """
     vocab = weight.shape[1]
     index_dtype = jnp.float32 if vocab < 2**24 else jnp.int32
     iota = lax.broadcasted_iota(jnp.int32, weight.shape, 1)
@@ -177,7 +179,8 @@ def _index_of_first(hit: jax.Array) -> jax.Array:
 def _first_in_blocks(x: jax.Array, block_max: jax.Array, row_max: jax.Array) -> jax.Array:
     """First index of ``row_max`` in each row of ``x`` (N, V), given the maxima of its blocks
     (N, V / block): the first block whose maximum is the row's, then that block's tokens,
-    gathered. ``x`` and ``block_max`` are NaN-free or NaN never equals ``row_max``."""
+    gathered. ``x`` and ``block_max`` are NaN-free or NaN never equals ``row_max``.
+    """
     rows, vocab = x.shape
     count = block_max.shape[1]
     block = vocab // count

@@ -120,7 +120,8 @@ def _search(lo: jax.Array, hi: jax.Array, done: jax.Array, step: Any,
 
 def _counts(z: jax.Array, thresholds: jax.Array) -> jax.Array:
     """``count(z >= t)`` per row for each column ``t`` of ``thresholds`` (N, P); float32 sums are
-    exact below 2**24 tokens (int32 above)."""
+    exact below 2**24 tokens (int32 above).
+    """
     dtype = jnp.float32 if z.shape[-1] < 2**24 else jnp.int32
     return _row_sums([(z >= thresholds[:, j, None]).astype(dtype) for j in range(thresholds.shape[1])])
 

@@ -59,7 +59,8 @@ def _scopes(config: LoopShaping) -> tuple[bool, bool]:
 
 def _add(counts: Any, tokens: Any, weight: Any, xp: Any) -> Any:
     """``counts`` plus ``weight`` at ``(row, tokens[row])`` for one token per row; ids outside
-    ``[0, V)`` (a padding id such as ``-1``) are skipped."""
+    ``[0, V)`` (a padding id such as ``-1``) are skipped.
+    """
     n_rows, vocab = counts.shape
     valid = (tokens >= 0) & (tokens < vocab)
     if hasattr(counts, "at"):  # JAX: an id past the row is dropped (never a negative: it would wrap)

@@ -51,7 +51,8 @@ def _penalized(params: SamplingParams) -> bool:
 
 def _rows_of(value: Any, batch_shape: tuple[int, ...], per_token: bool, xp: Any, dtype: Any = None) -> Any:
     """``value`` broadcast to the batch and flattened to ``(N,)``, or ``(N, W)`` when ``per_token``
-    (its last axis, of width ``W``, runs over tokens, words or history positions)."""
+    (its last axis, of width ``W``, runs over tokens, words or history positions).
+    """
     array = xp.asarray(value) if dtype is None else xp.asarray(value, dtype=dtype)  # no copy if it fits
     if not per_token:
         return xp.reshape(xp.broadcast_to(array, batch_shape), (-1,))
@@ -116,7 +117,8 @@ def _penalty_rows(params: SamplingParams, batch_shape: tuple[int, ...], xp: Any,
                   dtype: Any) -> tuple[Any, ...]:
     """The repetition, frequency and presence penalties per row, ``(N,)`` each or ``None``, with
     the traced policy applied (a repetition penalty that is not a finite number > 0 is 1, a NaN
-    frequency or presence penalty 0)."""
+    frequency or presence penalty 0).
+    """
     r = f = p = None
     if params.repetition_penalty is not None:
         r = _rows_of(params.repetition_penalty, batch_shape, False, xp, dtype)
@@ -156,7 +158,8 @@ def _column(penalties: tuple[Any, ...], index: Any = None) -> tuple[Any, ...]:
 
 def _history_rows(params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> tuple[Any, Any]:
     """The history ``(N, T)`` and its valid lengths ``(N,)`` (clipped to ``[0, T]``); an empty
-    history when none is given."""
+    history when none is given.
+    """
     n_rows = 1
     for size in batch_shape:
         n_rows *= size

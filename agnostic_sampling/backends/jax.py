@@ -214,7 +214,8 @@ def _status(row_max: jax.Array, has_nan: jax.Array) -> jax.Array:
 
 def _block_max_and_nan(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
     """Maxima of blocks of ``block`` tokens ignoring NaN (N, V / block), and whether each row holds
-    NaN (N,), in one fused pass (see `_max_and_nan` on why NaN has its own flag)."""
+    NaN (N,), in one fused pass (see `_max_and_nan` on why NaN has its own flag).
+    """
     rows, vocab = x.shape
 
     def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
@@ -263,7 +264,8 @@ def _row_threshold(prep: _Prepared, steps: _Steps, z: jax.Array | None = None) -
     """Each row's exact threshold, and the candidates it came from (None without candidates).
 
     ``z`` is the whole rows when the caller has them; otherwise they are built only for the rows
-    that need them."""
+    that need them.
+    """
     rows, skip = prep.rows, prep.skip
     if prep.block_max is None:
         z = _full_z(prep, steps) if z is None else z
@@ -288,7 +290,8 @@ def _row_threshold(prep: _Prepared, steps: _Steps, z: jax.Array | None = None) -
 
 def _first_of_max(prep: _Prepared) -> jax.Array:
     """First index of each cleaned row's maximum, computed only when some row is greedy (under
-    vmap both branches run)."""
+    vmap both branches run).
+    """
     greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
 
     def first() -> jax.Array:
@@ -407,7 +410,8 @@ def process_logits(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array
 
 def probs(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
     """``softmax(process_logits(...))`` in float32 (float64 for float64 under x64); zero rows
-    for rows with no finite logit."""
+    for rows with no finite logit.
+    """
     return _probs(logits, params, _steps(params))
 
 
@@ -553,7 +557,8 @@ def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: 
 
     def value_at(x: jax.Array, index: jax.Array) -> jax.Array:
         """The log-probabilities of cleaned logits ``x`` at token ids ``index`` (R, W), element-wise
-        as over the whole row."""
+        as over the whole row.
+        """
         if kind == "raw":
             return (x - prep.shift[:, None]) - log_raw[:, None]
         z = _tempered(x, prep.shift, prep.rows.temperature, steps)
@@ -584,5 +589,6 @@ def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: 
 def logprobs(logits: jax.Array, ids: Any, params: SamplingParams, kind: str,
              top_n: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
     """``(token, rank, top_ids, top_logprobs, kept_log_mass, kept_count)`` and the row status;
-    an out-of-range id gives ``token`` NaN and ``rank`` 0 (only reachable under tracing)."""
+    an out-of-range id gives ``token`` NaN and ``rank`` 0 (only reachable under tracing).
+    """
     return _logprobs(logits, jnp.asarray(ids), params, _steps(params), kind, top_n)

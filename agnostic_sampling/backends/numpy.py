@@ -133,7 +133,8 @@ def _c_order(x: np.ndarray, dtype: Any) -> np.ndarray:
 
 def _shaped_rows(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     """`_rows`, then the logit shaping when ``params`` asks for it (a new array: the caller's
-    logits are never written)."""
+    logits are never written).
+    """
     x = _rows(logits)
     if _shaping.present(params):
         x = _shaping.shape(x, params, logits.shape[:-1], np)
@@ -378,7 +379,7 @@ def _keep_top(z: np.ndarray, received: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.where(j >= received, received, _count_at_least(z, value))
 
 
-def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows,
+def _truncate(z: np.ndarray, valid: np.ndarray, complete: np.ndarray, prm: _Rows,  # noqa: C901
               total: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the truncation steps on sorted candidate logits.
 
@@ -612,7 +613,8 @@ def _subtract_rows(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, out: np
 def _tempered(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
               in_place: bool = False) -> np.ndarray:
     """``(x - max) / T`` per row, in a new C-ordered array (or in ``x``, a C-ordered array of
-    the backend's own, with ``in_place``); rows with ``T == 0`` give 0 at the max."""
+    the backend's own, with ``in_place``); rows with ``T == 0`` give 0 at the max.
+    """
     safe = np.where(temperature == 0, 1, temperature).astype(x.dtype)
     out = np.subtract(x, row_max[:, None], out=x if in_place else None, order="C")
     out /= safe[:, None]
@@ -664,7 +666,8 @@ def probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None
 def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
            params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
     """One exact draw per row from the kept set, by inverse CDF on two uniforms per row (one
-    per row, in token order, for a `Seed`: `_draw_in_token_order`)."""
+    per row, in token order, for a `Seed`: `_draw_in_token_order`).
+    """
     batch_shape = logits.shape[:-1]
     x = _shaped_rows(logits, params)
     prm = _Rows.from_params(params, batch_shape, x.dtype)
@@ -941,7 +944,7 @@ def _top_of_kept(group: _Candidates, n: int, log_kept: np.ndarray,
     return top_ids, top_values
 
 
-def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,
+def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,  # noqa: C901
              top_n: int) -> tuple[tuple[np.ndarray, ...] | None, np.ndarray]:
     """``(token, rank, top_ids, top_logprobs, kept_log_mass, kept_count)`` and the row status.
 
