@@ -1,0 +1,112 @@
+"""The speed goals of the hardening issue, measured: layouts, all-greedy calls, compile time.
+
+- NumPy: `sample` (temperature 0.8, top-k 50, top-p 0.9) on logits in other layouts (a
+  broadcast row, a `[:, -1]` slice of a (B, 2, V) array, a transpose, Fortran order) against the
+  same logits in C order (goal: at most ~1.5x).
+- Both backends: `sample` with ``temperature=0`` on every row against `greedy`, at batch 1 and
+  64 (goal: as cheap as `greedy`).
+- JAX: the first call (trace and compile) of a jitted `sample` and `probs` with every sampling
+  field traced (goal: at most 2 s).
+
+    python benchmarks/hardening.py [--vocab 128256] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import agnostic_sampling as smp
+
+import harness
+
+SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
+
+
+def layouts(vocab: int, repeat: int) -> None:
+    batch = 256
+    base = harness.realistic_logits(batch, vocab)
+    wide = np.repeat(base[:, None, :], 2, axis=1)
+    cases = {
+        "broadcast row": np.broadcast_to(base[0], (batch, vocab)),
+        "[:, -1] slice": wide[:, -1],
+        "transpose": np.ascontiguousarray(base.T).T,
+        "Fortran order": np.asfortranarray(base),
+    }
+    print(f"\nNumPy layouts, batch {batch} x vocab {vocab}, T 0.8 + top-k 50 + top-p 0.9, "
+          f"medians of {repeat}")
+    for name, array in cases.items():
+        contiguous = np.ascontiguousarray(array)
+        timing = harness.time_calls(lambda a=array: smp.sample(0, a, **SAMPLING), repeat=repeat,
+                                    paired=lambda c=contiguous: smp.sample(0, c, **SAMPLING))
+        print(f"  {name:14s} {timing.median_ms:8.1f} ms   C order {timing.paired_median_ms:8.1f} ms   "
+              f"{timing.median_ms / timing.paired_median_ms:.2f}x")
+
+
+def all_greedy(vocab: int, repeat: int) -> None:
+    print(f"\nsample(temperature=0) on every row against greedy, vocab {vocab}, medians of {repeat}")
+    for batch in (1, 64):
+        x = harness.realistic_logits(batch, vocab)
+        timing = harness.time_calls(lambda x=x: smp.sample(0, x, temperature=0.0), repeat=repeat,
+                                    paired=lambda x=x: smp.greedy(x))
+        print(f"  numpy  batch {batch:3d}: {timing.median_ms:7.2f} ms vs {timing.paired_median_ms:7.2f} ms "
+              f"({timing.median_ms / timing.paired_median_ms:.2f}x)")
+        if harness.installed("jax"):
+            _jax_all_greedy(x, repeat)
+
+
+def _jax_all_greedy(x: np.ndarray, repeat: int) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    batch = x.shape[0]
+    xj = jnp.asarray(x)
+    draw = jax.jit(lambda k, x, p: smp.sample(k, x, params=p))
+    params = smp.SamplingParams(temperature=jnp.zeros(batch))
+    pick = jax.jit(smp.greedy)
+    key = jax.random.key(0)
+    timing = harness.time_calls(lambda: jax.block_until_ready(draw(key, xj, params)), repeat=repeat,
+                                paired=lambda: jax.block_until_ready(pick(xj)))
+    print(f"  jax    batch {batch:3d}: {timing.median_ms:7.2f} ms vs {timing.paired_median_ms:7.2f} ms "
+          f"({timing.median_ms / timing.paired_median_ms:.2f}x)  (jitted, temperature traced)")
+
+
+def compile_time(vocab: int) -> None:
+    if not harness.installed("jax"):
+        return
+    import jax
+    import jax.numpy as jnp
+
+    batch = 64
+    x = jnp.asarray(harness.realistic_logits(batch, vocab))
+    params = smp.SamplingParams(temperature=jnp.full(batch, 0.8), top_k=jnp.full(batch, 50),
+                                top_p=jnp.full(batch, 0.9), min_p=jnp.full(batch, 0.05),
+                                min_keep=jnp.ones(batch, jnp.int32))
+    print(f"\nJAX first call (trace + compile + run) with every field traced, {batch} x {vocab}")
+    for name, fn in (("sample", lambda p, x: smp.sample(jax.random.key(0), x, params=p)),
+                     ("probs", lambda p, x: smp.probs(x, params=p))):
+        jitted = jax.jit(fn)
+        start = time.perf_counter()
+        jax.block_until_ready(jitted(params, x))
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        jax.block_until_ready(jitted(params, x))
+        print(f"  {name:6s} first call {first:5.2f} s, second {1e3 * (time.perf_counter() - start):6.1f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=128256)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args(argv)
+    print(harness.machine_line())
+    layouts(args.vocab, args.repeat)
+    all_greedy(args.vocab, args.repeat)
+    compile_time(args.vocab)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
