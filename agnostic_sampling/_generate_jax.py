@@ -64,8 +64,10 @@ def run(request: Request, fn: Any, *, stateful: bool, state: Any,
 
 
 def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
-    """Every field given as a (B,) array of one dtype, so new values (scalar or per row) reuse
-    the compiled loop; ``None`` fields stay ``None`` (static: the step is compiled out).
+    """Every field given as a (B,) array of one dtype.
+
+    New values (scalar or per row) then reuse the compiled loop; ``None`` fields stay ``None``
+    (static: the step is compiled out).
     """
     fields = {}
     for name in FIELDS:

@@ -294,8 +294,9 @@ def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:  # noqa
 
 def validate_params(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int | None = None, *,
                     history_supplied: bool = False) -> None:
-    """Check every concrete field of ``params`` against the README's "Bad input" table; skip
-    traced ones.
+    """Check every concrete field of ``params`` against the README's "Bad input" table.
+
+    Traced fields are skipped.
 
     ``vocab`` (the logits' last dimension) is needed to check the shaping fields' shapes and ids;
     without it only their dtypes and values are checked. ``history_supplied``: the caller (a
@@ -392,8 +393,10 @@ def _check_sparse_bias(bias: tuple[Any, ...], batch_shape: tuple[int, ...], voca
 
 def _check_sequence_bans(get: dict[str, Any], batch_shape: tuple[int, ...], vocab: int | None,  # noqa: C901
                          history_supplied: bool) -> None:
-    """``no_repeat_ngram_size`` (per row, in ``[0, NGRAM_MAX]``, needs a history) and ``bad_words``
-    (``(..., W, M)`` ids, right-padded with ``-1``).
+    """Check ``no_repeat_ngram_size`` and ``bad_words``.
+
+    The size is per row, in ``[0, NGRAM_MAX]``, and needs a history; the words are ``(..., W, M)``
+    ids, right-padded with ``-1``.
     """
     size = get["no_repeat_ngram_size"]
     if size is not None:

@@ -430,8 +430,9 @@ _SCOPES = {None: ("all", "output"), "output": ("output", "output"), "prompt_and_
 
 def _loop_shaping(params: SamplingParams, penalty_scope: Any, penalty_window: Any, min_tokens: Any,  # noqa: C901
                   eos_ids: tuple[int, ...], batch: int) -> tuple[LoopShaping | None, Any]:
-    """The loop's static shaping configuration (``None`` when the loop shapes nothing) and the
-    ``min_tokens`` per row.
+    """The loop's static shaping configuration and the ``min_tokens`` per row.
+
+    The configuration is ``None`` when the loop shapes nothing.
     """
     if penalty_scope not in _SCOPES:
         raise ValueError(f"penalty_scope must be None (repetition over prompt and output, frequency "
@@ -530,9 +531,10 @@ class _NumpyLoop:
 
     def draw(self, t: int, logits: np.ndarray, generated: np.ndarray,
              ids: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        """One token per row from the logits of position ``t + 1``, and when asked its
-        log-probability, top ids and top log-probabilities; bad logits are reported with the
-        position that produced them.
+        """One token per row from the logits of position ``t + 1``.
+
+        And when asked, its log-probability, top ids and top log-probabilities; bad logits are
+        reported with the position that produced them.
         """
         request = self.request
         try:

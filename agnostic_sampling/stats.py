@@ -130,8 +130,9 @@ def required_samples(tv: float, *, power: float = DEFAULT_POWER, alpha: float = 
 
 def detectable_tv(n: int, *, power: float = DEFAULT_POWER, alpha: float = DEFAULT_ALPHA,
                   cells: int = 20) -> float:
-    """The total-variation distance that ``n`` draws detect with ``power`` (inverse of
-    `required_samples`).
+    """The total-variation distance that ``n`` draws detect with ``power``.
+
+    The inverse of `required_samples`.
 
     With ``cells == 1`` (a one-token support) every deviation puts mass outside the support,
     and one draw there fails the test: the answer is ``1 - (1 - power) ** (1 / n)``.

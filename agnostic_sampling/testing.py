@@ -87,19 +87,18 @@ def _pearson_power(p: np.ndarray, a: np.ndarray, n: int, alpha: float) -> float:
 
 def power_against(expected: Any, alternative: Any, n: int, *, alpha: float = DEFAULT_ALPHA,
                   min_expected: float = MIN_EXPECTED) -> float:
-    """The predicted power of `chisquare_gof` at level ``alpha`` when the draws come from
-    ``alternative`` instead of ``expected``.
+    """The predicted power of `chisquare_gof` at level ``alpha`` against ``alternative``.
 
-    Uses the cells the test would form for ``n`` draws. Under the alternative, Pearson's
-    statistic is approximated by ``c`` times a noncentral chi-square on the test's degrees of
-    freedom, with ``c`` and the noncentrality chosen to match the statistic's exact mean and its
-    variance under the normal approximation of the cell counts. For nearby alternatives this is
-    the textbook noncentral chi-square with noncentrality ``n * sum((a_c - p_c)^2 / p_c)``
-    (``c = 1``, as `required_samples` uses); for a deviation spread over many cells it corrects
-    that textbook power, which can be too optimistic (tests/test_stats.py, the tail-bias bug:
-    textbook 0.50, this 0.37, simulated 0.37). Mass of ``alternative`` outside the support of
-    ``expected`` fails the test as soon as one draw lands there; when none does, the draws follow
-    ``alternative`` renormalised on the support, which is what the chi-square part uses.
+    That is, when the draws come from ``alternative`` instead of ``expected``. Uses the cells the test would
+    form for ``n`` draws. Under the alternative, Pearson's statistic is approximated by ``c`` times a
+    noncentral chi-square on the test's degrees of freedom, with ``c`` and the noncentrality chosen to match
+    the statistic's exact mean and its variance under the normal approximation of the cell counts. For nearby
+    alternatives this is the textbook noncentral chi-square with noncentrality ``n * sum((a_c - p_c)^2 /
+    p_c)`` (``c = 1``, as `required_samples` uses); for a deviation spread over many cells it corrects that
+    textbook power, which can be too optimistic (tests/test_stats.py, the tail-bias bug: textbook 0.50, this
+    0.37, simulated 0.37). Mass of ``alternative`` outside the support of ``expected`` fails the test as soon
+    as one draw lands there; when none does, the draws follow ``alternative`` renormalised on the support,
+    which is what the chi-square part uses.
 
     Args:
         expected: the distribution under test (length ``V``).

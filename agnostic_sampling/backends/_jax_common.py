@@ -1,8 +1,8 @@
-"""What the JAX backend's modules share: which steps a program contains, the per-row
-parameters, the prepared rows, cleaning and tempering, and the width of fused blocks.
+"""What the JAX backend's modules share (private).
 
-Private; imports nothing else from the backend, so `jax.py`, `_jax_search` and `_jax_draw`
-all import from here and never from each other upwards.
+Which steps a program contains, the per-row parameters, the prepared rows, cleaning and
+tempering, and the width of fused blocks. Imports nothing else from the backend, so `jax.py`,
+`_jax_search` and `_jax_draw` all import from here and never from each other upwards.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ class _Prepared(NamedTuple):
 
 
 def _cleaned(raw: jax.Array, posinf: jax.Array, dtype: Any) -> jax.Array:
-    """The traced bad-value policy, element-wise: NaN -> -inf; a row holding +inf (``posinf``)
-    keeps 0 at its +inf tokens and -inf elsewhere.
+    """The traced bad-value policy, element-wise.
+
+    NaN -> -inf; a row holding +inf (``posinf``) keeps 0 at its +inf tokens and -inf elsewhere.
     """
     x = raw.astype(dtype)
     x = jnp.where(jnp.isnan(x), -jnp.inf, x)
@@ -72,8 +73,10 @@ def _tempered(x: jax.Array, shift: jax.Array, temperature: jax.Array, steps: _St
 
 
 def _block_width(vocab: int) -> int:
-    """Width of the blocks of the fused row reductions (the search's sums, the draw's block sums,
-    the NaN-aware maximum): the largest power of two dividing ``vocab``, at most 128 and at most
+    """Width of the blocks of the fused row reductions; 0 for plain reductions.
+
+    The fused reductions are the search's sums, the draw's block sums and the NaN-aware maximum.
+    The width is the largest power of two dividing ``vocab``, at most 128 and at most
     ``vocab / 64``; 0 when that is below 32 (then plain reductions, one per operand).
 
     A vocabulary split evenly over up to 64 devices (or any count whose shards are multiples of

@@ -1,11 +1,10 @@
-"""One token per row by inverse CDF in token order, and the first index of a row's maximum
-(private to the JAX backend).
+"""One token per row by inverse CDF in token order, and the first index of a row's maximum.
 
-One float32 uniform ``u`` per row from the caller's key (`_uniform`; not noise for the whole
-vocabulary), then the token where the running mass of the kept weights ``exp(z)`` crosses ``u``
-times their total (`_draw`): block sums in one fused pass, a bisection on the block prefixes,
-the last steps inside one gathered block. A token outside the kept set is never returned,
-whatever ``u``. Under vocabulary sharding the walk moves per-row scalars and one block per row.
+Private to the JAX backend. One float32 uniform ``u`` per row from the caller's key (`_uniform`; not noise for
+the whole vocabulary), then the token where the running mass of the kept weights ``exp(z)`` crosses ``u``
+times their total (`_draw`): block sums in one fused pass, a bisection on the block prefixes, the last steps
+inside one gathered block. A token outside the kept set is never returned, whatever ``u``. Under vocabulary
+sharding the walk moves per-row scalars and one block per row.
 """
 
 from __future__ import annotations
@@ -49,9 +48,11 @@ _TOP_LEVEL = 1024  # the pyramid is halved while a level stays at least this wid
 
 
 def _levels(weight: jax.Array) -> list[jax.Array]:
-    """A pyramid of sums of adjacent pairs over ``weight``, halved while the width is even and the
-    next level stays at least ``_TOP_LEVEL`` wide. Adjacent pairs, so that a vocabulary split
-    evenly over devices stays split and each device sums its own pairs.
+    """A pyramid of sums of adjacent pairs over ``weight``.
+
+    Halved while the width is even and the next level stays at least ``_TOP_LEVEL`` wide. Adjacent
+    pairs, so that a vocabulary split evenly over devices stays split and each device sums its own
+    pairs.
     """
     levels = [weight]
     while levels[-1].shape[1] % 2 == 0 and levels[-1].shape[1] // 2 >= _TOP_LEVEL:
@@ -61,9 +62,11 @@ def _levels(weight: jax.Array) -> list[jax.Array]:
 
 
 def _snap(weight: jax.Array, found: jax.Array) -> jax.Array:
-    """``found`` where its weight is positive, else the nearest positive index (the largest one
-    below, else the smallest above); -1 for a row with no positive weight. One reduction: indices
-    above ``found`` are ranked below every index at or under it.
+    """``found`` where its weight is positive, else the nearest positive index.
+
+    The nearest is the largest positive index below, else the smallest above; -1 for a row with no
+    positive weight. One reduction: indices above ``found`` are ranked below every index at or
+    under it.
     """
     vocab = weight.shape[1]
     index_dtype = jnp.float32 if vocab < 2**24 else jnp.int32
@@ -75,8 +78,9 @@ def _snap(weight: jax.Array, found: jax.Array) -> jax.Array:
 
 
 def _inverse_cdf(weight: jax.Array, u: jax.Array) -> jax.Array:
-    """One draw per row with probability ``weight / sum(weight)``, by inverse CDF; -1 for a row of
-    zero weight. Never a token of zero weight, whatever ``u`` in ``[0, 1]``.
+    """One draw per row with probability ``weight / sum(weight)``, by inverse CDF.
+
+    -1 for a row of zero weight; never a token of zero weight, whatever ``u`` in ``[0, 1]``.
 
     Reductions to per-row scalars only, so a vocabulary sharded over devices moves per-row scalars:
 
@@ -119,9 +123,10 @@ def _inverse_cdf(weight: jax.Array, u: jax.Array) -> jax.Array:
 
 
 def _draw(z: jax.Array, u: jax.Array) -> jax.Array:
-    """One draw per row with probability ``exp(z) / sum(exp(z))`` (``z <= 0``, -inf outside the kept
-    set), by inverse CDF in token order; -1 for a row with no finite ``z``. Never a token of zero
-    weight, whatever ``u`` in ``[0, 1]``.
+    """One draw per row with probability ``exp(z) / sum(exp(z))``, by inverse CDF in token order.
+
+    ``z <= 0``, -inf outside the kept set; -1 for a row with no finite ``z``. Never a token of
+    zero weight, whatever ``u`` in ``[0, 1]``.
 
     With `_block_width` blocks: one fused pass sums the weights of each block, a bisection on the
     block prefix sums (per-row scalars) picks the block holding ``u * total``, and the walk finishes
@@ -177,9 +182,10 @@ def _index_of_first(hit: jax.Array) -> jax.Array:
 
 
 def _first_in_blocks(x: jax.Array, block_max: jax.Array, row_max: jax.Array) -> jax.Array:
-    """First index of ``row_max`` in each row of ``x`` (N, V), given the maxima of its blocks
-    (N, V / block): the first block whose maximum is the row's, then that block's tokens,
-    gathered. ``x`` and ``block_max`` are NaN-free or NaN never equals ``row_max``.
+    """First index of ``row_max`` in each row of ``x`` (N, V), given the maxima of its blocks.
+
+    ``block_max`` is (N, V / block): the first block whose maximum is the row's, then that block's
+    tokens, gathered. ``x`` and ``block_max`` are NaN-free or NaN never equals ``row_max``.
     """
     rows, vocab = x.shape
     count = block_max.shape[1]

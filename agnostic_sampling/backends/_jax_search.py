@@ -119,8 +119,9 @@ def _search(lo: jax.Array, hi: jax.Array, done: jax.Array, step: Any,
 
 
 def _counts(z: jax.Array, thresholds: jax.Array) -> jax.Array:
-    """``count(z >= t)`` per row for each column ``t`` of ``thresholds`` (N, P); float32 sums are
-    exact below 2**24 tokens (int32 above).
+    """``count(z >= t)`` per row for each column ``t`` of ``thresholds`` (N, P).
+
+    Float32 sums are exact below 2**24 tokens (int32 above).
     """
     dtype = jnp.float32 if z.shape[-1] < 2**24 else jnp.int32
     return _row_sums([(z >= thresholds[:, j, None]).astype(dtype) for j in range(thresholds.shape[1])])
@@ -154,11 +155,11 @@ def _kth_largest(z: jax.Array, k: jax.Array, skip: jax.Array) -> jax.Array:
 
 def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: jax.Array,
                      skip: jax.Array, total: jax.Array | None = None) -> jax.Array:
-    """Smallest ``t`` with ``sum(weight over z > t) < top_p * total``, where ``total`` is
-    ``sum(weight over z >= floor)`` unless given.
+    """Smallest ``t`` with ``sum(weight over z > t) < top_p * total``.
 
-    Tokens at or above the result are those whose strictly-more-probable mass is below ``p``;
-    the row maximum (0) is the largest possible answer, so ``p == 0`` keeps the top token(s).
+    ``total`` is ``sum(weight over z >= floor)`` unless given. Tokens at or above the result are those whose
+    strictly-more-probable mass is below ``p``; the row maximum (0) is the largest possible answer, so ``p ==
+    0`` keeps the top token(s).
     """
     dtype = z.dtype
     if total is None:

@@ -58,8 +58,9 @@ def _scopes(config: LoopShaping) -> tuple[bool, bool]:
 
 
 def _add(counts: Any, tokens: Any, weight: Any, xp: Any) -> Any:
-    """``counts`` plus ``weight`` at ``(row, tokens[row])`` for one token per row; ids outside
-    ``[0, V)`` (a padding id such as ``-1``) are skipped.
+    """``counts`` plus ``weight`` at ``(row, tokens[row])`` for one token per row.
+
+    Ids outside ``[0, V)`` (a padding id such as ``-1``) are skipped.
     """
     n_rows, vocab = counts.shape
     valid = (tokens >= 0) & (tokens < vocab)
@@ -108,10 +109,10 @@ def initial_counts(config: LoopShaping, ids: Any, lengths: Any, start: Any, voca
 
 
 def advance_counts(config: LoopShaping, counts: Counts, ids: Any, lengths: Any, t: Any, xp: Any) -> Counts:
-    """The counts at iteration ``t``: position ``t`` enters (its token is final by then), and with
-    a window of ``N`` position ``t - N`` leaves; ``O(B)`` work.
+    """The counts at iteration ``t``, in ``O(B)`` work.
 
-    ``ids`` is the loop's ``(B, total)`` buffer; ``t`` may be traced.
+    Position ``t`` enters (its token is final by then), and with a window of ``N`` position
+    ``t - N`` leaves. ``ids`` is the loop's ``(B, total)`` buffer; ``t`` may be traced.
     """
     n_rows = ids.shape[0]
     ones = xp.ones(n_rows, xp.int32)
@@ -150,8 +151,9 @@ def _column(ids: Any, t: Any, xp: Any) -> Any:
 
 def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_tokens: Any,
                params: SamplingParams, xp: Any, ids: Any = None, t: Any = None) -> Any:
-    """One position's logits ``(B, V)`` (compute precision) with every shaping step and
-    ``min_tokens`` applied; a new array (``x`` is not written).
+    """One position's logits ``(B, V)`` with every shaping step and ``min_tokens`` applied.
+
+    In compute precision, in a new array (``x`` is not written).
 
     Args:
         config: the loop's shaping.

@@ -68,8 +68,9 @@ def ngram_bans(history: Any, lengths: Any, size: Any, vocab: int, xp: Any) -> An
 
 
 def bad_word_bans(history: Any, lengths: Any, words: Any, vocab: int, xp: Any) -> Any:
-    """The last id of every bad word whose other ids end the history, ``(N, W)`` (``vocab`` where
-    none).
+    """The last id of every bad word whose other ids end the history, ``(N, W)``.
+
+    ``vocab`` where none.
 
     Args:
         history: ``(N, T)`` ids.

@@ -50,8 +50,9 @@ def _penalized(params: SamplingParams) -> bool:
 
 
 def _rows_of(value: Any, batch_shape: tuple[int, ...], per_token: bool, xp: Any, dtype: Any = None) -> Any:
-    """``value`` broadcast to the batch and flattened to ``(N,)``, or ``(N, W)`` when ``per_token``
-    (its last axis, of width ``W``, runs over tokens, words or history positions).
+    """``value`` broadcast to the batch and flattened to ``(N,)``, or ``(N, W)`` when ``per_token``.
+
+    With ``per_token`` the last axis, of width ``W``, runs over tokens, words or history positions.
     """
     array = xp.asarray(value) if dtype is None else xp.asarray(value, dtype=dtype)  # no copy if it fits
     if not per_token:
@@ -115,9 +116,10 @@ def _flat_index(x: Any, token: Any) -> Any:
 
 def _penalty_rows(params: SamplingParams, batch_shape: tuple[int, ...], xp: Any,
                   dtype: Any) -> tuple[Any, ...]:
-    """The repetition, frequency and presence penalties per row, ``(N,)`` each or ``None``, with
-    the traced policy applied (a repetition penalty that is not a finite number > 0 is 1, a NaN
-    frequency or presence penalty 0).
+    """The repetition, frequency and presence penalties per row, ``(N,)`` each or ``None``.
+
+    The traced policy is applied: a repetition penalty that is not a finite number > 0 is 1, a NaN
+    frequency or presence penalty 0.
     """
     r = f = p = None
     if params.repetition_penalty is not None:
@@ -133,8 +135,10 @@ def _penalty_rows(params: SamplingParams, batch_shape: tuple[int, ...], xp: Any,
 
 
 def _with_penalties(value: Any, repeated: Any, count: Any, penalties: tuple[Any, ...], xp: Any) -> Any:
-    """``value`` with the penalties applied: the repetition penalty where ``repeated``, then
-    ``count * frequency + presence`` subtracted where ``count > 0``.
+    """``value`` with the penalties applied.
+
+    The repetition penalty where ``repeated``, then ``count * frequency + presence`` subtracted
+    where ``count > 0``.
 
     The one place of the penalties' arithmetic: the sparse path (a given history) and the decode
     loops' carried counts both call it, so the same counts give the same logits bit for bit.
@@ -157,8 +161,9 @@ def _column(penalties: tuple[Any, ...], index: Any = None) -> tuple[Any, ...]:
 
 
 def _history_rows(params: SamplingParams, batch_shape: tuple[int, ...], xp: Any) -> tuple[Any, Any]:
-    """The history ``(N, T)`` and its valid lengths ``(N,)`` (clipped to ``[0, T]``); an empty
-    history when none is given.
+    """The history ``(N, T)`` and its valid lengths ``(N,)``, clipped to ``[0, T]``.
+
+    An empty history when none is given.
     """
     n_rows = 1
     for size in batch_shape:
@@ -271,9 +276,11 @@ def sequence_bans(history: Any, lengths: Any, params: SamplingParams, batch_shap
 
 
 def add_bias(x: Any, bias: Any, batch_shape: tuple[int, ...], xp: Any) -> Any:
-    """``x`` plus the bias: dense ``(..., V)``, or sparse ``(ids, values)`` of shape ``(..., M)``
-    each (ids ``-1`` are padding; an id given twice in a row gets both values). A new array on
-    NumPy even without a bias, so the steps after it may write in place.
+    """``x`` plus the bias, dense ``(..., V)`` or sparse ``(ids, values)``.
+
+    Sparse ids and values have shape ``(..., M)`` each (ids ``-1`` are padding; an id given twice
+    in a row gets both values). A new array on NumPy even without a bias, so the steps after it
+    may write in place.
     """
     if bias is None:
         return x if hasattr(x, "at") else np.array(x, order="C")

@@ -89,8 +89,9 @@ def asarray(logits: Any) -> jax.Array:
 
 
 def as_key(key: Any) -> jax.Array | SeedWords:
-    """A typed JAX key array from a ``jax.random.key``, a legacy ``PRNGKey``, or an int seed; a
-    `Seed`'s words from a `Seed`.
+    """A typed JAX key array from a ``jax.random.key``, a legacy ``PRNGKey``, or an int seed.
+
+    A `Seed` gives its words.
 
     A batch of keys (shape ``batch_shape``, or ``batch_shape + (2,)`` for legacy uint32 keys)
     gives one key per row.
@@ -213,8 +214,9 @@ def _status(row_max: jax.Array, has_nan: jax.Array) -> jax.Array:
 
 
 def _block_max_and_nan(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
-    """Maxima of blocks of ``block`` tokens ignoring NaN (N, V / block), and whether each row holds
-    NaN (N,), in one fused pass (see `_max_and_nan` on why NaN has its own flag).
+    """Maxima of blocks of ``block`` tokens ignoring NaN, and whether each row holds NaN.
+
+    (N, V / block) and (N,), in one fused pass (see `_max_and_nan` on why NaN has its own flag).
     """
     rows, vocab = x.shape
 
@@ -289,8 +291,9 @@ def _row_threshold(prep: _Prepared, steps: _Steps, z: jax.Array | None = None) -
 
 
 def _first_of_max(prep: _Prepared) -> jax.Array:
-    """First index of each cleaned row's maximum, computed only when some row is greedy (under
-    vmap both branches run).
+    """First index of each cleaned row's maximum, computed only when some row is greedy.
+
+    Under vmap both branches run.
     """
     greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
 
@@ -409,8 +412,9 @@ def process_logits(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array
 
 
 def probs(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
-    """``softmax(process_logits(...))`` in float32 (float64 for float64 under x64); zero rows
-    for rows with no finite logit.
+    """``softmax(process_logits(...))`` in float32 (float64 for float64 under x64).
+
+    Zero rows for rows with no finite logit.
     """
     return _probs(logits, params, _steps(params))
 
@@ -460,18 +464,17 @@ _TOP_HEAD = 2  # `_top_n` fills -inf entries from the first _TOP_HEAD * n ids
 
 def _top_n(value_at: Any, x: jax.Array, block_max: jax.Array | None, greedy: jax.Array,
            n: int) -> tuple[jax.Array, jax.Array]:
-    """The ``n`` largest ``value_at(logits, ids)`` per row, descending, ties by smaller id, as
-    ``lax.top_k`` over the whole row would give them.
+    """The ``n`` largest ``value_at(logits, ids)`` per row, descending, ties by smaller id.
 
-    ``value_at(logits, ids)`` maps cleaned logits ``x`` and their token ids (R, W) to the ranked
-    values, element-wise; outside ``greedy`` rows it depends on the logit alone, monotone
-    non-decreasing. ``block_max`` holds the maxima of blocks of ``x``.
-    Every token outside the ``2 n + 1`` blocks with the largest maxima is at most ``t``, their
-    smallest maximum, so the gathered values above ``f(t)`` are all of the row's: ``n`` of them
-    settle the row. Fewer settle it too when ``f(t)`` is ``-inf`` (a greedy row: its one kept
-    token gathered), since every other value is then ``-inf``: the rest is the smallest ids
-    among the row's first ``2 n`` whose value is ``-inf``. Other rows (ties or rounding at
-    ``f(t)``) take the whole row, under a ``lax.cond`` that runs only when some row needs it.
+    As ``lax.top_k`` over the whole row would give them. ``value_at(logits, ids)`` maps cleaned logits ``x``
+    and their token ids (R, W) to the ranked values, element-wise; outside ``greedy`` rows it depends on the
+    logit alone, monotone non-decreasing. ``block_max`` holds the maxima of blocks of ``x``. Every token
+    outside the ``2 n + 1`` blocks with the largest maxima is at most ``t``, their smallest maximum, so the
+    gathered values above ``f(t)`` are all of the row's: ``n`` of them settle the row. Fewer settle it too
+    when ``f(t)`` is ``-inf`` (a greedy row: its one kept token gathered), since every other value is then
+    ``-inf``: the rest is the smallest ids among the row's first ``2 n`` whose value is ``-inf``. Other rows
+    (ties or rounding at ``f(t)``) take the whole row, under a ``lax.cond`` that runs only when some row needs
+    it.
     """
     rows, vocab = x.shape
     iota = lax.broadcasted_iota(jnp.int32, x.shape, 1)
@@ -556,8 +559,9 @@ def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: 
         log_kept = log_of(kept_total)
 
     def value_at(x: jax.Array, index: jax.Array) -> jax.Array:
-        """The log-probabilities of cleaned logits ``x`` at token ids ``index`` (R, W), element-wise
-        as over the whole row.
+        """The log-probabilities of cleaned logits ``x`` at token ids ``index`` (R, W).
+
+        Element-wise, as over the whole row.
         """
         if kind == "raw":
             return (x - prep.shift[:, None]) - log_raw[:, None]
@@ -588,7 +592,8 @@ def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: 
 
 def logprobs(logits: jax.Array, ids: Any, params: SamplingParams, kind: str,
              top_n: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
-    """``(token, rank, top_ids, top_logprobs, kept_log_mass, kept_count)`` and the row status;
-    an out-of-range id gives ``token`` NaN and ``rank`` 0 (only reachable under tracing).
+    """``(token, rank, top_ids, top_logprobs, kept_log_mass, kept_count)`` and the row status.
+
+    An out-of-range id gives ``token`` NaN and ``rank`` 0 (only reachable under tracing).
     """
     return _logprobs(logits, jnp.asarray(ids), params, _steps(params), kind, top_n)

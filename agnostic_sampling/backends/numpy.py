@@ -79,10 +79,10 @@ def asarray(logits: Any) -> np.ndarray:
 
 
 def as_key(key: Any) -> np.random.Generator | SeedWords:
-    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence; a `Seed`'s
-    checked words from a `Seed`.
+    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence.
 
-    Any non-negative int is a seed, however large (as for ``numpy.random.default_rng``).
+    A `Seed` gives its checked words. Any non-negative int is a seed, however large (as for
+    ``numpy.random.default_rng``).
     """
     if isinstance(key, np.random.Generator):
         return key
@@ -132,8 +132,9 @@ def _c_order(x: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 def _shaped_rows(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """`_rows`, then the logit shaping when ``params`` asks for it (a new array: the caller's
-    logits are never written).
+    """`_rows`, then the logit shaping when ``params`` asks for it.
+
+    The shaping makes a new array: the caller's logits are never written.
     """
     x = _rows(logits)
     if _shaping.present(params):
@@ -612,8 +613,9 @@ def _subtract_rows(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, out: np
 
 def _tempered(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
               in_place: bool = False) -> np.ndarray:
-    """``(x - max) / T`` per row, in a new C-ordered array (or in ``x``, a C-ordered array of
-    the backend's own, with ``in_place``); rows with ``T == 0`` give 0 at the max.
+    """``(x - max) / T`` per row, in a new C-ordered array; rows with ``T == 0`` give 0 at the max.
+
+    With ``in_place``, in ``x`` instead (a C-ordered array of the backend's own).
     """
     safe = np.where(temperature == 0, 1, temperature).astype(x.dtype)
     out = np.subtract(x, row_max[:, None], out=x if in_place else None, order="C")
@@ -665,8 +667,9 @@ def probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None
 
 def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
            params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
-    """One exact draw per row from the kept set, by inverse CDF on two uniforms per row (one
-    per row, in token order, for a `Seed`: `_draw_in_token_order`).
+    """One exact draw per row from the kept set, by inverse CDF on two uniforms per row.
+
+    For a `Seed`, one uniform per row, in token order (`_draw_in_token_order`).
     """
     batch_shape = logits.shape[:-1]
     x = _shaped_rows(logits, params)
@@ -689,11 +692,11 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
 
 
 def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.ndarray) -> np.ndarray:
-    """The JAX backend's draw, for `Seed` keys: one uniform per row, inverse CDF over the kept set
-    in token-id order, so that the same uniform picks the same token on both backends.
+    """The JAX backend's draw, for `Seed` keys: one uniform per row, inverse CDF in token-id order.
 
-    Dense rows take their whole row (no head/tail mixture); candidate lists are put in token order
-    first (they come in block order).
+    Over the kept set, so that the same uniform picks the same token on both backends. Dense rows
+    take their whole row (no head/tail mixture); candidate lists are put in token order first (they
+    come in block order).
     """
     u = uniform.astype(np.float64)
     ids = kept.first.copy()
@@ -837,11 +840,11 @@ class _RowTotals:
 
 def _row_totals(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray, chosen: np.ndarray,
                 raw: bool) -> _RowTotals:
-    """`_RowTotals` of every row, chunk by chunk in reused buffers (as `_outside_mass_exact`), so
-    that the comparison, the exponentials and the sums all read a chunk while it is in cache.
+    """`_RowTotals` of every row, chunk by chunk in reused buffers (as `_outside_mass_exact`).
 
-    With ``raw``, rows whose temperature is not 1 also sum ``exp(x - max)`` before dividing (the
-    same values a pass at temperature 1 would give); the others' raw mass is their mass.
+    The comparison, the exponentials and the sums all read a chunk while it is in cache. With ``raw``, rows
+    whose temperature is not 1 also sum ``exp(x - max)`` before dividing (the same values a pass at
+    temperature 1 would give); the others' raw mass is their mass.
     """
     n_rows, vocab = x.shape
     mass, finite, above = np.empty(n_rows), np.empty(n_rows, np.int64), np.empty(n_rows, np.int64)
