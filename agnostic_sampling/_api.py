@@ -18,6 +18,7 @@ from agnostic_sampling._checks import check_logits
 from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
+from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
@@ -37,8 +38,16 @@ def _prepare(logits: Any, backend: str | None) -> tuple[Any, Any]:
     return module, array
 
 
-def _params(params: SamplingParams | None, batch_shape: tuple[int, ...], vocab: int | None = None,
-            **keywords: Any) -> SamplingParams:
+_KEYWORDS = FIELDS + SHAPING_FIELDS  # the keyword spelling of SamplingParams
+
+
+def _keywords(scope: dict[str, Any]) -> dict[str, Any]:
+    """The sampling keywords among a public function's arguments (its ``locals()``)."""
+    return {name: scope[name] for name in _KEYWORDS}
+
+
+def _params(params: SamplingParams | None, batch_shape: tuple[int, ...], vocab: int | None,
+            keywords: dict[str, Any]) -> SamplingParams:
     """The parameters from either spelling, checked against the batch shape and vocabulary."""
     resolved = resolve_params(params, **keywords)
     validate_params(resolved, batch_shape, vocab)
@@ -58,6 +67,12 @@ def sample(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    typical_p: Any = None,
+    epsilon: Any = None,
+    eta: Any = None,
+    top_n_sigma: Any = None,
+    xtc_threshold: Any = None,
+    xtc_probability: Any = None,
     logit_bias: Any = None,
     allowed: Any = None,
     banned: Any = None,
@@ -75,10 +90,10 @@ def sample(
     """Draw one token id per row from the processed distribution of ``logits``.
 
     The pipeline is the logit shaping (bias, penalties, masks: README "Logit shaping"), then
-    temperature, top-k, top-p, min-p, each step optional and each parameter a scalar or a
-    per-row array. A row that the shaping leaves with no finite logit is an error (id ``-1``
-    under ``jit``). The draw is exact: a token
-    outside the kept set is never returned.
+    temperature, top-k, top-p, min-p, typical-p, epsilon, eta, top-n-sigma and XTC, each step
+    optional and each parameter a scalar or a per-row array. A row that the shaping leaves with
+    no finite logit is an error (id ``-1`` under ``jit``). The draw is exact: a token outside
+    the kept set is never returned.
 
     Args:
         key: NumPy backend: a ``numpy.random.Generator``, an ``int`` seed or a ``SeedSequence``.
@@ -90,6 +105,14 @@ def sample(
         top_p: keep the smallest set whose mass reaches ``p``, with ties; ``1`` disables.
         min_p: keep tokens with probability at least ``min_p`` times the largest; ``0`` disables.
         min_keep: no truncation step leaves fewer than this many tokens.
+        typical_p: keep the most typical tokens (``|-log q - H|`` smallest) up to mass ``p``;
+            ``1`` disables.
+        epsilon: remove tokens of probability below ``epsilon``; ``0`` disables.
+        eta: remove tokens of probability below ``min(eta, sqrt(eta) * exp(-H))``; ``0`` disables.
+        top_n_sigma: keep logits within ``n`` standard deviations of the maximum; ``inf``
+            disables.
+        xtc_threshold, xtc_probability: with that probability, exclude every token at least as
+            probable as the threshold except the least probable of them (both or neither).
         logit_bias: ``(..., V)`` added to the logits first (``-inf`` bans a token), or sparse: a
             tuple ``(ids, values)`` of ``(..., M)`` arrays, ids ``-1`` for padding.
         allowed: tokens a row may take, boolean ``(..., V)`` or a packed bitmask of uint32 words
@@ -118,13 +141,9 @@ def sample(
         >>> smp.sample(0, logits, top_k=1).tolist()
         [0, 1]
     """
+    keywords = _keywords(locals())
     module, array = _prepare(logits, backend)
-    resolved = _params(params, array.shape[:-1], array.shape[-1], temperature=temperature, top_k=top_k,
-                       top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
-                       banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
-                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty,
-                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+    resolved = _params(params, array.shape[:-1], array.shape[-1], keywords)
     rng = as_backend_key(key, module, array)
     ids, status = module.sample(rng, array, resolved)
     raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
@@ -153,6 +172,12 @@ def process_logits(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    typical_p: Any = None,
+    epsilon: Any = None,
+    eta: Any = None,
+    top_n_sigma: Any = None,
+    xtc_threshold: Any = None,
+    xtc_probability: Any = None,
     logit_bias: Any = None,
     allowed: Any = None,
     banned: Any = None,
@@ -177,13 +202,9 @@ def process_logits(
         >>> smp.process_logits(np.array([3.0, 1.0, 2.0]), top_k=2).tolist()
         [0.0, -inf, -1.0]
     """
+    keywords = _keywords(locals())
     module, array = _prepare(logits, backend)
-    resolved = _params(params, array.shape[:-1], array.shape[-1], temperature=temperature, top_k=top_k,
-                       top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
-                       banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
-                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty,
-                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+    resolved = _params(params, array.shape[:-1], array.shape[-1], keywords)
     out, status = module.process_logits(array, resolved)
     raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
     return out
@@ -197,6 +218,12 @@ def probs(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    typical_p: Any = None,
+    epsilon: Any = None,
+    eta: Any = None,
+    top_n_sigma: Any = None,
+    xtc_threshold: Any = None,
+    xtc_probability: Any = None,
     logit_bias: Any = None,
     allowed: Any = None,
     banned: Any = None,
@@ -221,13 +248,9 @@ def probs(
         >>> smp.probs(np.log(np.array([0.5, 0.3, 0.2])), top_p=0.6).round(3).tolist()
         [0.625, 0.375, 0.0]
     """
+    keywords = _keywords(locals())
     module, array = _prepare(logits, backend)
-    resolved = _params(params, array.shape[:-1], array.shape[-1], temperature=temperature, top_k=top_k,
-                       top_p=top_p, min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed,
-                       banned=banned, vocab_size=vocab_size, history=history, history_lengths=history_lengths,
-                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty,
-                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+    resolved = _params(params, array.shape[:-1], array.shape[-1], keywords)
     out, status = module.probs(array, resolved)
     raise_bad_rows(status, array.shape, shaped=_shaping_given(resolved))
     return out
@@ -298,6 +321,12 @@ def logprobs(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    typical_p: Any = None,
+    epsilon: Any = None,
+    eta: Any = None,
+    top_n_sigma: Any = None,
+    xtc_threshold: Any = None,
+    xtc_probability: Any = None,
     logit_bias: Any = None,
     allowed: Any = None,
     banned: Any = None,
@@ -331,7 +360,8 @@ def logprobs(
             `sample`. Under ``jax.jit`` an out-of-range id gives ``token`` NaN and ``rank`` 0.
         kind: ``"processed"`` or ``"raw"``.
         top_n: how many alternatives to return per row, ``0 <= top_n <= V`` (static under jit).
-        temperature, top_k, top_p, min_p, min_keep, params: as in `sample`, per row allowed.
+        temperature, top_k, top_p, min_p, min_keep, typical_p, epsilon, eta, top_n_sigma,
+            xtc_threshold, xtc_probability, params: as in `sample`, per row allowed.
         logit_bias, allowed, banned, vocab_size, history, history_lengths, repetition_penalty,
             frequency_penalty, presence_penalty, no_repeat_ngram_size, bad_words: the logit
             shaping, as in `sample`; processed kind only (the raw kind is the logits as given:
@@ -353,6 +383,7 @@ def logprobs(
         >>> round(float(raw.token - raw.kept_log_mass), 3)  # processed = raw - kept_log_mass
         -0.981
     """
+    keywords = _keywords(locals())
     if kind not in LOGPROB_KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, LOGPROB_KINDS))}, got {kind!r}")
     module, array = _prepare(logits, backend)
@@ -362,12 +393,7 @@ def logprobs(
     if not 0 <= top_n <= vocab:
         raise ValueError(f"top_n must be in [0, {vocab}] (the vocabulary size), got {top_n}")
     ids = _check_ids(ids, module, array)
-    resolved = _params(params, array.shape[:-1], vocab, temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, min_keep=min_keep, logit_bias=logit_bias, allowed=allowed, banned=banned,
-                       vocab_size=vocab_size, history=history, history_lengths=history_lengths,
-                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                       bad_words=bad_words)
+    resolved = _params(params, array.shape[:-1], vocab, keywords)
     shaped = _shaping_given(resolved)
     if shaped and kind == "raw":
         given = ", ".join(name for name in SHAPING_FIELDS if getattr(resolved, name) is not None)

@@ -16,12 +16,14 @@ import numpy as np
 from agnostic_sampling._dispatch import is_jax_array
 from agnostic_sampling._dispatch import is_tracer
 
-__all__ = ["FIELDS", "OFF", "SHAPING_FIELDS", "SamplingParams", "register_pytree", "reject_shaping",
-           "resolve_params", "validate_params"]
+__all__ = ["FIELDS", "OFF", "SHAPING_FIELDS", "STRATEGY_FIELDS", "SamplingParams", "register_pytree",
+           "reject_shaping", "resolve_params", "validate_params"]
 
 # The value that turns each step off for one row (``None`` turns it off for every row). The one
 # table of these values: backends, the oracle, the CLI and the benchmarks all read it.
-OFF: dict[str, float | int] = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "min_keep": 1}
+OFF: dict[str, float | int] = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "min_keep": 1,
+                               "typical_p": 1.0, "epsilon": 0.0, "eta": 0.0, "top_n_sigma": float("inf"),
+                               "xtc_threshold": 1.0, "xtc_probability": 0.0}
 _registered = False
 
 
@@ -104,7 +106,8 @@ def _canonical(name: str, value: Any) -> Any:  # noqa: C901
     if kind not in "iuf":
         return value  # complex or bool: an error
     converted = np.asarray(value, np.float64)
-    if converted.size and np.max(np.abs(converted)) > _FLOAT32_MAX:
+    finite = converted[np.isfinite(converted)]  # inf is top_n_sigma's off value (validation decides)
+    if finite.size and np.max(np.abs(finite)) > _FLOAT32_MAX:
         return value  # past float32: an error, not a silent inf
     return converted
 
@@ -175,6 +178,13 @@ class SamplingParams:
     top_p: Any = None
     min_p: Any = None
     min_keep: Any = 1
+    # The truncation steps after min-p (README "More truncation steps"), in this order.
+    typical_p: Any = None
+    epsilon: Any = None
+    eta: Any = None
+    top_n_sigma: Any = None
+    xtc_threshold: Any = None
+    xtc_probability: Any = None
     # Logit shaping (README "Logit shaping"): applied to the raw logits before temperature.
     logit_bias: Any = None
     allowed: Any = None
@@ -202,6 +212,8 @@ SHAPING_FIELDS = ("logit_bias", "allowed", "banned", "vocab_size", "history", "h
                   "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
                   "bad_words")
 FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name not in SHAPING_FIELDS)
+# The steps after min-p (a subset of FIELDS), applied by `backends._strategies`.
+STRATEGY_FIELDS = ("typical_p", "epsilon", "eta", "top_n_sigma", "xtc_threshold", "xtc_probability")
 _DEFAULTS = SamplingParams()
 
 
@@ -285,7 +297,10 @@ def _check(name: str, value: Any, batch_shape: tuple[int, ...]) -> None:  # noqa
         with np.errstate(over="ignore"):
             bad = ~np.isfinite(array) | (array < 0) | (array > _FLOAT32_MAX)
         allowed = f"a finite number >= 0 and <= {_FLOAT32_MAX:.8g}, the largest float32 (0 means greedy)"
-    else:  # top_p, min_p
+    elif name == "top_n_sigma":
+        bad = ~(array >= 0)  # NaN fails
+        allowed = ">= 0 (inf disables top-n-sigma)"
+    else:  # top_p, min_p, typical_p, epsilon, eta, xtc_threshold, xtc_probability
         bad = ~((array >= 0) & (array <= 1))  # NaN fails both comparisons
         allowed = "in [0, 1]"
     if np.any(bad):
@@ -303,6 +318,9 @@ def validate_params(params: SamplingParams, batch_shape: tuple[int, ...], vocab:
     decode loop) counts the penalties' history itself.
     """
     validate_shaping(params, batch_shape, vocab, history_supplied=history_supplied)
+    if (params.xtc_threshold is None) != (params.xtc_probability is None):
+        given, missing = ("xtc_threshold", "xtc_probability")[:: 1 if params.xtc_probability is None else -1]
+        raise ValueError(f"XTC needs both xtc_threshold and xtc_probability: got {given} without {missing}")
     for name in FIELDS:
         value = getattr(params, name)
         if value is None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
 from agnostic_sampling._api import LogprobsResult
+from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
@@ -21,21 +23,38 @@ from agnostic_sampling._params import validate_params
 __all__ = ["reference_logprobs", "reference_probs"]
 
 
-def _reference_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float,
-                   min_keep: int) -> np.ndarray:
+class _Settings(NamedTuple):
+    """One row's parameters, every step present (its off value where not asked for)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    min_keep: int
+    typical_p: float
+    epsilon: float
+    eta: float
+    top_n_sigma: float
+    xtc_threshold: float
+    xtc_probability: float
+
+
+def _reference_row(x: np.ndarray, settings: _Settings) -> np.ndarray:
     """The processed distribution of one row of float64 logits."""
-    if temperature == 0:
+    if settings.temperature == 0:
         one_hot = np.zeros_like(x)
         one_hot[np.argmax(x)] = 1.0
         return one_hot
-    z, kept = _reference_kept(x, temperature, top_k, top_p, min_p, min_keep)
-    weights = np.where(kept, np.exp(z), 0.0)
-    return weights / weights.sum()
+    _, log_p = _reference_kept(x, settings)
+    return np.exp(log_p)
 
 
-def _reference_kept(x: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float,
-                    min_keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """The tempered logits of one row (maximum 0) and its kept set, for a positive temperature."""
+def _reference_kept(x: np.ndarray, settings: _Settings) -> tuple[np.ndarray, np.ndarray]:
+    """The tempered logits of one row (maximum 0) and its log-probabilities, for ``T > 0``.
+
+    The log-probabilities are ``-inf`` outside the kept set; XTC's are those of its mixture.
+    """
+    temperature, top_k, top_p, min_p, min_keep = settings[:5]
     z = (x - x.max()) / temperature
     kept = np.isfinite(z)
 
@@ -67,7 +86,53 @@ def _reference_kept(x: np.ndarray, temperature: float, top_k: int, top_p: float,
 
     if min_p > 0:
         kept = respect_min_keep(kept, kept & (z >= z[kept].max() + np.log(min_p)))
-    return z, kept
+    return z, _reference_after_min_p(z, kept, settings, respect_min_keep)
+
+
+def _log_q(z: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Log softmax of ``z`` over ``kept``; -inf elsewhere."""
+    return np.where(kept, z - _logsumexp(z[kept]), -np.inf)
+
+
+def _entropy(log_q: np.ndarray) -> float:
+    finite = log_q > -np.inf
+    return float(-np.sum(np.exp(log_q[finite]) * log_q[finite]))
+
+
+def _reference_after_min_p(z: np.ndarray, kept: np.ndarray, settings: _Settings,
+                           respect_min_keep: Any) -> np.ndarray:
+    """Typical-p, epsilon, eta, top-n-sigma, XTC on one row; its final log-probabilities."""
+    if settings.typical_p < 1:
+        log_q = _log_q(z, kept)
+        score = np.where(kept, np.abs(-log_q - _entropy(log_q)), np.inf)
+        order = np.argsort(score, kind="stable")
+        cumulative = np.cumsum(np.exp(log_q[order]))
+        # the first position whose cumulative mass reaches p; every token scoring at most its score
+        position = min(int(np.searchsorted(cumulative, settings.typical_p * cumulative[-1], side="left")),
+                       score.size - 1)
+        at_least = min(settings.min_keep, int(kept.sum())) - 1  # the min_keep most typical
+        kept = kept & (score <= max(score[order[position]], score[order[at_least]]))
+    if settings.epsilon > 0:
+        kept = respect_min_keep(kept, kept & (_log_q(z, kept) >= np.log(settings.epsilon)))
+    if settings.eta > 0:
+        log_q = _log_q(z, kept)
+        log_eta = np.log(settings.eta)
+        kept = respect_min_keep(kept, kept & (log_q >= min(log_eta, 0.5 * log_eta - _entropy(log_q))))
+    if settings.top_n_sigma < np.inf:
+        values = z[kept]
+        kept = respect_min_keep(kept, kept & (z >= values.max() - settings.top_n_sigma * values.std()))
+    log_p = _log_q(z, kept)
+    if settings.xtc_probability > 0:
+        above = kept & (log_p >= (np.log(settings.xtc_threshold) if settings.xtc_threshold > 0 else -np.inf))
+        if above.sum() >= 2:
+            remain = kept & (z <= z[above].min())
+            if remain.sum() >= settings.min_keep:
+                q = np.exp(log_p)
+                mixed = (1 - settings.xtc_probability) * q + settings.xtc_probability * np.where(
+                    remain, q / q[remain].sum(), 0.0)
+                with np.errstate(divide="ignore"):
+                    log_p = np.log(mixed)
+    return log_p
 
 
 def _row_inputs(value: Any, batch_shape: tuple[int, ...], per_token: bool) -> np.ndarray | None:
@@ -154,6 +219,12 @@ def reference_probs(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    typical_p: Any = None,
+    epsilon: Any = None,
+    eta: Any = None,
+    top_n_sigma: Any = None,
+    xtc_threshold: Any = None,
+    xtc_probability: Any = None,
     logit_bias: Any = None,
     allowed: Any = None,
     banned: Any = None,
@@ -181,18 +252,19 @@ def reference_probs(
     """
     x, settings = _rows_and_settings(
         logits, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
-        logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size, history=history,
-        history_lengths=history_lengths, repetition_penalty=repetition_penalty,
-        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+        typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma, xtc_threshold=xtc_threshold,
+        xtc_probability=xtc_probability, logit_bias=logit_bias, allowed=allowed, banned=banned,
+        vocab_size=vocab_size, history=history, history_lengths=history_lengths,
+        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
     out = np.empty_like(x)
     for i, row in enumerate(x):
-        out[i] = _reference_row(row, *settings[i])
+        out[i] = _reference_row(row, settings[i])
     return out.reshape(np.shape(logits))
 
 
 def _rows_and_settings(logits: Any, params: SamplingParams | None,
-                       **keywords: Any) -> tuple[np.ndarray, list[tuple[float, int, float, float, int]]]:
+                       **keywords: Any) -> tuple[np.ndarray, list[_Settings]]:
     """The logits as float64 rows (N, V), each checked, and each row's parameters."""
     x = np.asarray(logits)
     if x.dtype.name == "bfloat16":
@@ -210,13 +282,14 @@ def _rows_and_settings(logits: Any, params: SamplingParams | None,
     rows = x.reshape(-1, x.shape[-1])
     if any(getattr(resolved, name) is not None for name in SHAPING_FIELDS):
         rows = _shaped(rows, resolved, batch_shape)
-    columns = [per_row(name) for name in ("temperature", "top_k", "top_p", "min_p", "min_keep")]
+    columns = [per_row(name) for name in FIELDS]
     settings = []
     for i, row in enumerate(rows):
-        t, k, p, m, n = (c[i] for c in columns)
         if np.isnan(row).any() or np.isposinf(row).any() or not np.isfinite(row).any():
             raise ValueError(f"logits row {i} must hold a finite logit and no NaN or +inf")
-        settings.append((float(t), int(k), float(p), float(m), int(n)))
+        values = {name: column[i] for name, column in zip(FIELDS, columns, strict=True)}
+        settings.append(_Settings(**{name: (int if name in ("top_k", "min_keep") else float)(value)
+                                     for name, value in values.items()}))
     return rows, settings
 
 
@@ -236,6 +309,12 @@ def reference_logprobs(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    typical_p: Any = None,
+    epsilon: Any = None,
+    eta: Any = None,
+    top_n_sigma: Any = None,
+    xtc_threshold: Any = None,
+    xtc_probability: Any = None,
     params: SamplingParams | None = None,
 ) -> LogprobsResult:
     """Log-probabilities computed plainly in float64 NumPy: the oracle for `agnostic_sampling.logprobs`.
@@ -254,7 +333,9 @@ def reference_logprobs(
         (-0.9808, 0.8)
     """
     x, settings = _rows_and_settings(logits, params, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     min_p=min_p, min_keep=min_keep)
+                                     min_p=min_p, min_keep=min_keep, typical_p=typical_p, epsilon=epsilon,
+                                     eta=eta, top_n_sigma=top_n_sigma, xtc_threshold=xtc_threshold,
+                                     xtc_probability=xtc_probability)
     n_rows, vocab = x.shape
     ids = np.broadcast_to(np.asarray(ids), np.shape(logits)[:-1]).reshape(-1)
     token = np.empty(n_rows)
@@ -264,14 +345,13 @@ def reference_logprobs(
     kept_log_mass = np.empty(n_rows)
     kept_count = np.empty(n_rows, np.int64)
     for i, row in enumerate(x):
-        temperature_i = settings[i][0]
-        if temperature_i == 0:
+        if settings[i].temperature == 0:
             kept = np.arange(vocab) == np.argmax(row)
             processed = np.where(kept, 0.0, -np.inf)
             kept_log_mass[i] = 0.0
         else:
-            z, kept = _reference_kept(row, *settings[i])
-            processed = np.where(kept, z - _logsumexp(z[kept]), -np.inf)
+            z, processed = _reference_kept(row, settings[i])
+            kept = processed > -np.inf
             kept_log_mass[i] = _logsumexp(z[kept]) - _logsumexp(z[np.isfinite(z)])
         shifted = row - row.max()
         raw = shifted - _logsumexp(shifted[np.isfinite(shifted)])

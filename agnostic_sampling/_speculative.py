@@ -130,8 +130,8 @@ def verify_draft(
     if array.ndim != 3:
         raise ValueError(f"target_logits must have shape (B, K + 1, V), got shape {tuple(array.shape)}")
     ids, probs = _check_draft(draft_ids, draft_probs, tuple(array.shape), module)
-    resolved = _params(params, array.shape[:1], temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, min_keep=min_keep)
+    resolved = _params(params, array.shape[:1], None, {"temperature": temperature, "top_k": top_k,
+                                                       "top_p": top_p, "min_p": min_p, "min_keep": min_keep})
     reject_shaping(resolved, "verify_draft")
     rng = as_backend_key(key, module, array, "target_logits")
     result, status = module.verify_draft(rng, array, ids, probs, resolved)

@@ -118,6 +118,12 @@ def generate(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    typical_p: Any = None,
+    epsilon: Any = None,
+    eta: Any = None,
+    top_n_sigma: Any = None,
+    xtc_threshold: Any = None,
+    xtc_probability: Any = None,
     logit_bias: Any = None,
     allowed: Any = None,
     banned: Any = None,
@@ -185,7 +191,8 @@ def generate(
         top_logprobs: with ``return_logprobs``, also return this many alternatives per generated
             position (``top_ids`` / ``top_logprobs``), under the same distribution;
             ``0 <= top_logprobs <= V``. Static on JAX (each value compiles once).
-        temperature, top_k, top_p, min_p, min_keep, params: as in `sample`, per row allowed.
+        temperature, top_k, top_p, min_p, min_keep, typical_p, epsilon, eta, top_n_sigma,
+            xtc_threshold, xtc_probability, params: as in `sample`, per row allowed.
         logit_bias, allowed, banned, vocab_size: as in `sample`, applied at every position.
         repetition_penalty, frequency_penalty, presence_penalty: as in `sample`, over the row's
             own history, which the loop counts (``history=`` is not taken here): see
@@ -228,6 +235,8 @@ def generate(
     request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
                        top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens,
                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
+                       typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma,
+                       xtc_threshold=xtc_threshold, xtc_probability=xtc_probability,
                        logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                        presence_penalty=presence_penalty,
@@ -259,6 +268,12 @@ def generate_with_state(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
+    typical_p: Any = None,
+    epsilon: Any = None,
+    eta: Any = None,
+    top_n_sigma: Any = None,
+    xtc_threshold: Any = None,
+    xtc_probability: Any = None,
     logit_bias: Any = None,
     allowed: Any = None,
     banned: Any = None,
@@ -294,7 +309,8 @@ def generate_with_state(
 
     Args:
         key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-            top_logprobs, temperature, top_k, top_p, min_p, min_keep, logit_bias, allowed, banned,
+            top_logprobs, temperature, top_k, top_p, min_p, min_keep, typical_p, epsilon, eta,
+            top_n_sigma, xtc_threshold, xtc_probability, logit_bias, allowed, banned,
             vocab_size, repetition_penalty, frequency_penalty, presence_penalty,
             no_repeat_ngram_size, bad_words, penalty_scope, penalty_window, min_tokens, params,
             backend: as in `generate`.
@@ -318,6 +334,8 @@ def generate_with_state(
     request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
                        top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens,
                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
+                       typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma,
+                       xtc_threshold=xtc_threshold, xtc_probability=xtc_probability,
                        logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                        presence_penalty=presence_penalty,

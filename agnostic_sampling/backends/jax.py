@@ -39,6 +39,7 @@ from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _acceptance
 from agnostic_sampling.backends import _shaping
+from agnostic_sampling.backends import _strategies
 from agnostic_sampling.backends._jax_common import _block_width
 from agnostic_sampling.backends._jax_common import _cleaned
 from agnostic_sampling.backends._jax_common import _count
@@ -58,6 +59,7 @@ from agnostic_sampling.backends._jax_search import _candidates
 from agnostic_sampling.backends._jax_search import _for_rows
 from agnostic_sampling.backends._jax_search import _take_rows
 from agnostic_sampling.backends._jax_search import _threshold
+from agnostic_sampling.backends._jax_strategies import SEARCHES
 
 register_pytree()
 register_seed_pytree()
@@ -323,6 +325,9 @@ def _process(logits: jax.Array, params: SamplingParams, steps: _Steps) -> _Proce
     greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
     one_hot = lax.broadcasted_iota(jnp.int32, z.shape, 1) == _first_of_max(prep)[:, None]
     z = jnp.where(greedy[:, None], jnp.where(one_hot, 0, -jnp.inf).astype(z.dtype), z)
+    if _strategies.present(params):
+        strategy = _strategies.rows(params, logits.shape[:-1], z.dtype, jnp, steps.min_keep)
+        z = _strategies.refine(z, strategy, SEARCHES, jnp)
     return _Processed(z, prep.status)
 
 
@@ -369,6 +374,10 @@ def _probs(logits: jax.Array, params: SamplingParams, steps: _Steps) -> tuple[ja
 @functools.partial(jax.jit, static_argnames="steps")
 def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
             steps: _Steps) -> tuple[jax.Array, jax.Array]:
+    if _strategies.present(params):  # the steps after min-p need whole rows
+        z, status = _process(logits, params, steps)
+        ids = _draw(z, _uniform(key, logits.shape[:-1], z.dtype))
+        return ids.reshape(logits.shape[:-1]), status.reshape(logits.shape[:-1])
     prep = _prepare(logits, params, steps)
     u = _uniform(key, logits.shape[:-1], prep.row_max.dtype)
     cand = None
@@ -596,4 +605,21 @@ def logprobs(logits: jax.Array, ids: Any, params: SamplingParams, kind: str,
 
     An out-of-range id gives ``token`` NaN and ``rank`` 0 (only reachable under tracing).
     """
+    if _strategies.present(params):
+        return _logprobs_refined(logits, jnp.asarray(ids), params, _steps(params), kind, top_n)
     return _logprobs(logits, jnp.asarray(ids), params, _steps(params), kind, top_n)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "kind", "top_n"))
+def _logprobs_refined(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: _Steps, kind: str,
+                      top_n: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """`logprobs` with the steps of `_strategies`: the pipeline's answer, then the refined rows."""
+    plain = _strategies.without(params)
+    fields, status = _logprobs(logits, ids, plain, steps, kind, top_n)
+    z = _process(logits, plain, steps).z
+    strategy = _strategies.rows(params, logits.shape[:-1], z.dtype, jnp, steps.min_keep)
+    refined = _strategies.refine(z, strategy, SEARCHES, jnp)
+    rows_first = [f.reshape(z.shape[0], *f.shape[logits.ndim - 1:]) for f in fields]
+    adjusted = _strategies.adjust_logprobs(rows_first, z, refined, ids.reshape(-1), kind, jnp,
+                                           lambda values: lax.top_k(values, top_n))
+    return tuple(a.reshape(f.shape) for a, f in zip(adjusted, fields, strict=True)), status

@@ -56,6 +56,7 @@ from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _acceptance
 from agnostic_sampling.backends import _shaping
+from agnostic_sampling.backends import _strategies
 
 BLOCK = 256  # logits per block of the block-maximum pass
 MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unknown (top-p, min-p)
@@ -652,7 +653,17 @@ def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarr
     if greedy_rows.size:
         out[greedy_rows] = -np.inf
         out[greedy_rows, kept.first[greedy_rows]] = 0
+    if _strategies.present(params):
+        out = _refined(out, params, batch_shape)
     return out.reshape(logits.shape), status.reshape(batch_shape)
+
+
+def _refined(z: np.ndarray, params: SamplingParams, batch_shape: tuple[int, ...]) -> np.ndarray:
+    """Processed rows ``(N, V)`` after the steps of `_strategies` (typical-p ... XTC)."""
+    min_keep_on = params.min_keep is not None and bool(np.any(np.asarray(params.min_keep) != 1))
+    strategy = _strategies.rows(params, batch_shape, z.dtype, np, min_keep_on)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _strategies.refine(z, strategy, _strategies.NUMPY_SEARCHES, np).astype(z.dtype, copy=False)
 
 
 def probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
@@ -672,6 +683,8 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
     For a `Seed`, one uniform per row, in token order (`_draw_in_token_order`).
     """
     batch_shape = logits.shape[:-1]
+    if _strategies.present(params):
+        return _sample_refined(key, logits, params)
     x = _shaped_rows(logits, params)
     prm = _Rows.from_params(params, batch_shape, x.dtype)
     seeded = isinstance(key, SeedWords)
@@ -689,6 +702,19 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
     for group in kept.groups:
         ids[group.rows] = _draw_candidates(group.index, group.logit, group.cut, uniform[group.rows, 1])
     return ids.reshape(batch_shape), status.reshape(batch_shape)
+
+
+def _sample_refined(key: np.random.Generator | SeedWords, logits: np.ndarray,
+                    params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
+    """`sample` with the steps of `_strategies`: one uniform per row over the refined rows, in token order."""
+    batch_shape = logits.shape[:-1]
+    n_rows = int(np.prod(batch_shape, dtype=np.int64))
+    uniform = uniforms(key, batch_shape, np).reshape(-1) if isinstance(key, SeedWords) else key.random(n_rows)
+    z, status = process_logits(logits, params)
+    if z is None:
+        return None, status
+    weight = np.exp(z.reshape(n_rows, -1))
+    return _draw_by_blocks(weight, uniform.astype(np.float64)).reshape(batch_shape), status
 
 
 def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.ndarray) -> np.ndarray:
@@ -955,6 +981,8 @@ def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,  #
     compute precision; the kept sets are `_pipeline`'s (a group's candidates at or above its cut).
     The shaping applies to the processed kind (the public function refuses it with ``"raw"``).
     """
+    if _strategies.present(params):
+        return _logprobs_refined(logits, ids, params, kind, top_n)
     x = _shaped_rows(logits, params) if kind == "processed" else _rows(logits)
     batch_shape = logits.shape[:-1]
     prm = _Rows.from_params(params, batch_shape, x.dtype)
@@ -1022,3 +1050,28 @@ def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,  #
     top_shape = batch_shape + (top_n,)
     shapes = (batch_shape, batch_shape, top_shape, top_shape, batch_shape, batch_shape)
     return tuple(f.reshape(s) for f, s in zip(fields, shapes, strict=True)), status.reshape(batch_shape)
+
+
+def _logprobs_refined(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,
+                      top_n: int) -> tuple[tuple[np.ndarray, ...] | None, np.ndarray]:
+    """`logprobs` with the steps of `_strategies`: the pipeline's answer, then the refined rows."""
+    fields, status = logprobs(logits, ids, _strategies.without(params), kind, top_n)
+    if fields is None:
+        return None, status
+    z, _ = process_logits(logits, _strategies.without(params))
+    vocab = logits.shape[-1]
+    z = z.reshape(-1, vocab)
+    refined = _refined(z.copy(), params, logits.shape[:-1])
+    rows_first = [f.reshape(len(z), *f.shape[logits.ndim - 1:]) for f in fields]
+    with np.errstate(divide="ignore"):
+        adjusted = _strategies.adjust_logprobs(rows_first, z, refined, np.asarray(ids).reshape(-1), kind, np,
+                                               _stable_top_n(top_n))
+    return tuple(a.reshape(f.shape) for a, f in zip(adjusted, fields, strict=True)), status
+
+
+def _stable_top_n(n: int) -> Any:
+    def top(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(-values, axis=-1, kind="stable")[:, :n]
+        return np.take_along_axis(values, order, -1), order.astype(np.int64)
+
+    return top
