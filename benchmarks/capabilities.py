@@ -14,7 +14,9 @@ reports both medians and their ratio:
   whole-row exponential to draw in token order);
 - ``sample`` with logit shaping (a dense bias, a packed banned mask, repetition, frequency and
   presence penalties over a history of ``HISTORY`` tokens per row) and top-p 0.9, against
-  ``sample`` with top-p 0.9 alone: one decode step (goal: at most 1.5x).
+  ``sample`` with top-p 0.9 alone: one decode step (goal: at most 1.5x);
+- ``sample`` with each truncation step after min-p alone (typical-p, epsilon, eta, top-n-sigma,
+  XTC, at the values of `STRATEGIES`) against ``sample`` with top-p 0.9 alone.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
 K = 4
 HISTORY = 2048
 NUCLEUS = {"top_p": 0.9}
+# each step alone, at a value its authors suggest (typical-p and epsilon / eta: Hugging Face's docs)
+STRATEGIES = {"typical_p 0.9": {"typical_p": 0.9}, "epsilon 3e-4": {"epsilon": 3e-4},
+              "eta 1e-3": {"eta": 1e-3}, "top_n_sigma 1": {"top_n_sigma": 1.0},
+              "xtc 0.1 / 0.5": {"xtc_threshold": 0.1, "xtc_probability": 0.5}}
 
 
 def _shaping(batch: int, vocab: int) -> dict[str, np.ndarray | float]:
@@ -77,6 +83,9 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
     out.append(("sample: shaping + top-p / top-p", "numpy",
                 lambda: smp.sample(0, step, **shaping, **NUCLEUS),
                 lambda: smp.sample(0, step, **NUCLEUS)))
+    for name, kw in STRATEGIES.items():
+        out.append((f"strategy: {name} / top-p", "numpy",
+                    lambda kw=kw: smp.sample(0, step, **kw), lambda: smp.sample(0, step, **NUCLEUS)))
     if harness.installed("jax"):
         import jax
         import jax.numpy as jnp
@@ -103,6 +112,10 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
         out.append(("sample: shaping + top-p / top-p", "jax (jit)",
                     lambda: jax.block_until_ready(smp.sample(key, step_j, **shaping_j, **NUCLEUS)),
                     lambda: jax.block_until_ready(smp.sample(key, step_j, **NUCLEUS))))
+        for name, kw in STRATEGIES.items():
+            out.append((f"strategy: {name} / top-p", "jax (jit)",
+                        lambda kw=kw: jax.block_until_ready(smp.sample(key, step_j, **kw)),
+                        lambda: jax.block_until_ready(smp.sample(key, step_j, **NUCLEUS))))
     return out
 
 

@@ -19,8 +19,10 @@ from agnostic_sampling.backends._jax_search import _to_key
 from agnostic_sampling.backends._strategies import Searches
 
 
-def _typical_bound(score: jax.Array, q: jax.Array, p: jax.Array) -> jax.Array:
-    dtype = score.dtype
+def _typical_bound(log_q: jax.Array, entropy: jax.Array, p: jax.Array) -> jax.Array:
+    dtype = log_q.dtype
+    score = jnp.where(log_q > -jnp.inf, jnp.abs(log_q + entropy[:, None]), jnp.inf)
+    q = jnp.exp(log_q)
     target = (p * _row_sums([q])[:, 0])[:, None]
 
     def step(points: jax.Array) -> tuple[jax.Array, jax.Array]:

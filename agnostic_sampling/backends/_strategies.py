@@ -44,8 +44,9 @@ from agnostic_sampling._params import SamplingParams
 class Searches(NamedTuple):
     """The two searches a backend provides, on rows ``(N, V)``; parameters ``(N,)``.
 
-    ``typical_bound(s, q, p)``: the smallest ``s`` whose set ``{s' <= s}`` has ``q``-mass at
-    least ``p`` times the row's (``+inf`` when none has, from rounding). ``nth_largest(v, n)``:
+    ``typical_bound(log_q, entropy, p)``: the smallest score ``s`` whose set
+    ``{|log q + H| <= s}`` has mass at least ``p`` times the row's (``+inf`` when none has, from
+    rounding). ``nth_largest(v, n)``:
     the ``n``-th largest value of each row, ties counted (``-inf`` when the row holds fewer than
     ``n`` finite values; values are ``<= 0``, the row maximum 0).
     """
@@ -148,8 +149,7 @@ def _with_floor(z: Any, keep: Any, min_keep: Any, searches: Searches, xp: Any) -
 def _typical(z: Any, p: Any, min_keep: Any, searches: Searches, xp: Any) -> Any:
     row = _distribution(z, xp)
     score = xp.where(row.kept, xp.abs(row.log_q + row.entropy[:, None]), np.inf)
-    q = xp.where(row.kept, xp.exp(row.log_q), 0)
-    bound = xp.maximum(searches.typical_bound(score, q, p), xp.min(score, axis=-1))
+    bound = xp.maximum(searches.typical_bound(row.log_q, row.entropy, p), xp.min(score, axis=-1))
     if min_keep is not None:  # the min_keep most typical: the n-th smallest score
         bound = xp.maximum(bound, -searches.nth_largest(-score, min_keep))
     return _cut(z, score <= bound[:, None], p < 1, xp)
@@ -249,13 +249,49 @@ def adjust_logprobs(fields: list[Any], z: Any, refined: Any, ids: Any, kind: str
 # The NumPy backend's searches (sort-based; the JAX ones are in `_jax_strategies`)
 
 
-def _numpy_typical_bound(score: np.ndarray, q: np.ndarray, p: np.ndarray) -> np.ndarray:
-    order = np.argsort(score, axis=-1, kind="stable")
-    sorted_score = np.take_along_axis(score, order, -1)
-    cumulative = np.cumsum(np.take_along_axis(q, order, -1), axis=-1, dtype=np.float64)
-    position = np.sum(cumulative < (p * cumulative[:, -1])[:, None], axis=-1)
-    bound = np.take_along_axis(sorted_score, np.minimum(position, score.shape[-1] - 1)[:, None], -1)[:, 0]
-    return np.where(position < score.shape[-1], bound, np.inf)
+def _first_at_least(rows: np.ndarray, value: np.ndarray, strict: bool) -> np.ndarray:
+    """Per row of ascending ``rows`` (N, V): the first index whose entry is ``>= value``.
+
+    ``> value`` when ``strict``; by a bisection run on all rows at once.
+    """
+    n_rows, vocab = rows.shape
+    every = np.arange(n_rows)
+    lo, hi = np.zeros(n_rows, np.int64), np.full(n_rows, vocab, np.int64)
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        entry = rows[every, np.minimum(mid, vocab - 1)]
+        below = (entry <= value) if strict else (entry < value)
+        active = lo < hi
+        lo = np.where(active & below, mid + 1, lo)
+        hi = np.where(active & ~below, mid, hi)
+    return lo
+
+
+def _numpy_typical_bound(log_q: np.ndarray, entropy: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The typical bound from one sort of each row's log-probabilities (no sort by score).
+
+    Prefix masses, then a bisection on the bound's float32 bit pattern: the mass within ``s`` of
+    ``-H`` is a difference of two prefix masses, found by bisections of the sorted row.
+    """
+    ordered = np.sort(log_q, axis=-1).astype(np.float64)
+    prefix = np.zeros((ordered.shape[0], ordered.shape[1] + 1))
+    np.cumsum(np.exp(ordered), axis=-1, out=prefix[:, 1:])
+    every = np.arange(ordered.shape[0])
+    target = p * prefix[:, -1]
+    centre = -entropy.astype(np.float64)
+    lo = np.full(ordered.shape[0], -1, np.int64)  # the bit patterns of float32 bounds >= 0
+    hi = np.full(ordered.shape[0], np.float32(np.inf).view(np.int32), np.int64)
+    done = p >= 1
+    while np.any(~done & (hi - lo > 1)):
+        mid = (lo + hi) // 2
+        bound = mid.astype(np.int32).view(np.float32).astype(np.float64)
+        inside = (prefix[every, _first_at_least(ordered, centre + bound, strict=True)]
+                  - prefix[every, _first_at_least(ordered, centre - bound, strict=False)])
+        enough = inside >= target
+        active = ~done & (hi - lo > 1)
+        hi = np.where(active & enough, mid, hi)
+        lo = np.where(active & ~enough, mid, lo)
+    return hi.astype(np.int32).view(np.float32).astype(log_q.dtype)
 
 
 def _numpy_nth_largest(values: np.ndarray, n: np.ndarray) -> np.ndarray:
