@@ -1,4 +1,4 @@
-"""The decode loops (README: Generation) on NumPy and JAX, with tiny deterministic models."""
+"""The decode loops (README: "Decode loops") on NumPy and JAX, with tiny deterministic models."""
 
 from __future__ import annotations
 
