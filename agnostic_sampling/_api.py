@@ -14,6 +14,8 @@ from typing import NamedTuple
 import numpy as np
 
 from agnostic_sampling import _dispatch
+from agnostic_sampling._chain import Chain
+from agnostic_sampling._chain import validate_chain
 from agnostic_sampling._checks import check_logits
 from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._dispatch import is_tracer
@@ -21,6 +23,7 @@ from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling._params import _is_default
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
 
@@ -48,14 +51,28 @@ def _keywords(scope: dict[str, Any]) -> dict[str, Any]:
 
 def _params(params: SamplingParams | None, batch_shape: tuple[int, ...], vocab: int | None,
             keywords: dict[str, Any]) -> SamplingParams:
-    """The parameters from either spelling, checked against the batch shape and vocabulary."""
+    """The parameters from either spelling, checked against the batch shape and vocabulary.
+
+    A `Chain` in the default order becomes its `SamplingParams` (the fast path); in any other
+    order it is checked and returned as it is.
+    """
+    if isinstance(params, Chain):
+        given = [name for name, value in keywords.items() if not _is_default(name, value)]
+        if given:
+            raise TypeError(f"pass either params= or sampling keywords, not both: got a chain and "
+                            f"{', '.join(given)} (logit shaping does not combine with a chain yet)")
+        validate_chain(params, batch_shape)
+        as_params = params.as_params()
+        if as_params is None:
+            return params
+        params = as_params
     resolved = resolve_params(params, **keywords)
     validate_params(resolved, batch_shape, vocab)
     return resolved
 
 
-def _shaping_given(params: SamplingParams) -> bool:
-    return any(getattr(params, name) is not None for name in SHAPING_FIELDS)
+def _shaping_given(params: SamplingParams | Chain) -> bool:
+    return not isinstance(params, Chain) and any(getattr(params, name) is not None for name in SHAPING_FIELDS)
 
 
 def sample(

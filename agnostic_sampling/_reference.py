@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from agnostic_sampling._api import LogprobsResult
+from agnostic_sampling._chain import Chain
+from agnostic_sampling._chain import validate_chain
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SHAPING_FIELDS
@@ -250,6 +252,8 @@ def reference_probs(
         >>> reference_probs(np.log([0.5, 0.3, 0.2]), top_p=0.6).round(3).tolist()
         [0.625, 0.375, 0.0]
     """
+    if isinstance(params, Chain):
+        return _chain_rows(logits, params)[0].reshape(np.shape(logits))
     x, settings = _rows_and_settings(
         logits, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
         typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma, xtc_threshold=xtc_threshold,
@@ -332,6 +336,8 @@ def reference_logprobs(
         >>> round(float(result.token), 4), round(float(np.exp(result.kept_log_mass)), 4)
         (-0.9808, 0.8)
     """
+    if isinstance(params, Chain):
+        return _chain_logprobs(logits, ids, params, kind, top_n)
     x, settings = _rows_and_settings(logits, params, temperature=temperature, top_k=top_k, top_p=top_p,
                                      min_p=min_p, min_keep=min_keep, typical_p=typical_p, epsilon=epsilon,
                                      eta=eta, top_n_sigma=top_n_sigma, xtc_threshold=xtc_threshold,
@@ -366,3 +372,89 @@ def reference_logprobs(
     return LogprobsResult(token.reshape(batch_shape), rank.reshape(batch_shape), top_ids.reshape(top_shape),
                           top_logprobs.reshape(top_shape), kept_log_mass.reshape(batch_shape),
                           kept_count.reshape(batch_shape))
+
+
+# --------------------------------------------------------------------------------------------
+# Chains: the same steps, one at a time, in the order given
+
+
+_OFF_SETTINGS = _Settings(**{name: OFF[name] for name in _Settings._fields})
+
+
+def _top_with_ties(z: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
+    """The n largest of ``z`` over ``kept``, and everything tied with the n-th."""
+    values = np.sort(z[kept])[::-1]
+    return kept if n >= values.size else kept & (z >= values[n - 1])
+
+
+def _chain_step(z: np.ndarray, kind: str, values: list[float], min_keep: int) -> np.ndarray:
+    """One step of a chain on one row: ``z`` in, ``z`` out (``-inf`` outside the kept set)."""
+    kept = np.isfinite(z)
+
+    def respect_min_keep(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        return after | _top_with_ties(z, before, min_keep)
+
+    if kind == "temperature":
+        if not values[0] >= np.finfo(np.float32).tiny:  # greedy on the row as it stands
+            return np.where(np.arange(z.size) == np.argmax(z), 0.0, -np.inf)
+        return (z - z[kept].max()) / values[0]
+    if kind in ("top_k", "top_p", "min_p"):
+        value = int(values[0]) if kind == "top_k" else values[0]
+        settings = _OFF_SETTINGS._replace(temperature=1.0, min_keep=min_keep, **{kind: value})
+        shifted, log_p = _reference_kept(z, settings)
+        return np.where(log_p > -np.inf, shifted, -np.inf)
+    names = ("xtc_threshold", "xtc_probability") if kind == "xtc" else (kind,)
+    settings = _OFF_SETTINGS._replace(min_keep=min_keep, **dict(zip(names, values, strict=True)))
+    return _reference_after_min_p(z - z[kept].max(), kept, settings, respect_min_keep)
+
+
+def _chain_rows(logits: Any, chain: Chain,
+                only: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The chain's probabilities (N, V) and its result's log-probabilities, row by row."""
+    x = np.asarray(logits)
+    x = (x.astype(np.float32) if x.dtype.name == "bfloat16" else x).astype(np.float64)
+    batch_shape = x.shape[:-1]
+    validate_chain(chain, batch_shape)
+    rows = x.reshape(-1, x.shape[-1])
+
+    def per_row(value: Any) -> np.ndarray:
+        return np.broadcast_to(np.asarray(value, np.float64), batch_shape).reshape(-1)
+
+    steps = [(step.kind, [per_row(v) for v in step.values]) for step in chain.steps
+             if only is None or step.kind in only]
+    min_keep = per_row(chain.min_keep)
+    log_p = np.empty_like(rows)
+    for i, row in enumerate(rows):
+        if np.isnan(row).any() or np.isposinf(row).any() or not np.isfinite(row).any():
+            raise ValueError(f"logits row {i} must hold a finite logit and no NaN or +inf")
+        z = row - row.max()
+        for kind, columns in steps:
+            z = _chain_step(z, kind, [float(c[i]) for c in columns], int(min_keep[i]))
+        log_p[i] = _log_q(z, np.isfinite(z))
+    return np.exp(log_p), log_p
+
+
+def _chain_logprobs(logits: Any, ids: Any, chain: Chain, kind: str, top_n: int) -> LogprobsResult:
+    _, processed = _chain_rows(logits, chain)
+    _, tempered = _chain_rows(logits, chain, only=("temperature",))
+    x = np.asarray(logits)
+    x = (x.astype(np.float32) if x.dtype.name == "bfloat16" else x).astype(np.float64)
+    rows = x.reshape(-1, x.shape[-1])
+    ids = np.broadcast_to(np.asarray(ids), x.shape[:-1]).reshape(-1)
+    fields: list[list[Any]] = [[] for _ in LogprobsResult._fields]
+    for i, row in enumerate(rows):
+        raw = row - _logsumexp(row)
+        values = processed[i] if kind == "processed" else raw
+        kept = processed[i] > -np.inf
+        order = np.lexsort((np.arange(row.size), -values))[:top_n]
+        greedy = np.count_nonzero(tempered[i] > -np.inf) <= 1
+        mass = 0.0 if greedy else min(_logsumexp(tempered[i][kept]), 0.0)
+        for field, value in zip(fields, (values[ids[i]], 1 + np.count_nonzero(row > row[ids[i]]), order,
+                                         values[order], mass, np.count_nonzero(kept)), strict=True):
+            field.append(value)
+    batch_shape = x.shape[:-1]
+    top_shape = batch_shape + (top_n,)
+    shapes = (batch_shape, batch_shape, top_shape, top_shape, batch_shape, batch_shape)
+    dtypes = (np.float64, np.int64, np.int64, np.float64, np.float64, np.int64)
+    return LogprobsResult(*(np.asarray(f, d).reshape(shape) for f, d, shape in zip(fields, dtypes, shapes,
+                                                                                   strict=True)))

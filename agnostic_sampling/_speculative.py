@@ -9,6 +9,7 @@ import numpy as np
 
 from agnostic_sampling._api import _params
 from agnostic_sampling._api import _prepare
+from agnostic_sampling._chain import Chain
 from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
@@ -130,6 +131,9 @@ def verify_draft(
     if array.ndim != 3:
         raise ValueError(f"target_logits must have shape (B, K + 1, V), got shape {tuple(array.shape)}")
     ids, probs = _check_draft(draft_ids, draft_probs, tuple(array.shape), module)
+    if isinstance(params, Chain):
+        raise TypeError("verify_draft takes a SamplingParams or the keywords; a Chain is not supported "
+                        "there yet")
     resolved = _params(params, array.shape[:1], None, {"temperature": temperature, "top_k": top_k,
                                                        "top_p": top_p, "min_p": min_p, "min_keep": min_keep})
     reject_shaping(resolved, "verify_draft")

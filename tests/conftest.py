@@ -42,7 +42,7 @@ class Backend:
             return np.asarray(fn(*args, **kw))
         # The parameters go in as traced arguments (the case that must not recompile), and
         # one jitted function per operation is reused, so a test pays each compile once.
-        params = smp.SamplingParams(**kw) if kw else smp.SamplingParams()
+        params = kw["params"] if "params" in kw else smp.SamplingParams(**kw)
         return np.asarray(_jitted(fn)(*args, params=params))
 
     def sample(self, key: Any, logits: Any, **kw: Any) -> np.ndarray:

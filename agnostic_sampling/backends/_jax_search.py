@@ -223,6 +223,8 @@ class _Candidates(NamedTuple):
     z: jax.Array  # (N, C) tempered candidate logits, in vocabulary order
     index: jax.Array  # (N, C) int32 their token ids
     bound: jax.Array  # (N,) every token outside the candidates has z <= bound
+    x: jax.Array  # (N, C) the candidates' cleaned logits, untempered
+    x_bound: jax.Array  # (N,) every token outside the candidates has a cleaned logit <= x_bound
 
 
 def _candidates(prep: _Prepared, steps: _Steps) -> _Candidates:
@@ -232,13 +234,14 @@ def _candidates(prep: _Prepared, steps: _Steps) -> _Candidates:
     chosen = jnp.sort(chosen, axis=-1)
     raw = jnp.take_along_axis(prep.raw.reshape(rows, -1, block), chosen[:, :, None], axis=1)
     raw = raw.reshape(rows, -1)
-    z = _tempered(_cleaned(raw, prep.posinf, prep.row_max.dtype), prep.shift, prep.rows.temperature, steps)
+    x = _cleaned(raw, prep.posinf, prep.row_max.dtype)
+    z = _tempered(x, prep.shift, prep.rows.temperature, steps)
     # The smallest of the k values as a reduction: a slice of the last one would stop XLA:CPU
     # from recognising top_k (it then sorts all the block maxima).
     smallest = jnp.min(values, axis=-1, keepdims=True)
     bound = _tempered(smallest, prep.shift, prep.rows.temperature, steps)[:, 0]
     index = (chosen[:, :, None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(rows, -1)
-    return _Candidates(z, index, bound)
+    return _Candidates(z, index, bound, x, smallest[:, 0])
 
 
 def _candidate_threshold(cand: _Candidates, rows: _Rows, steps: _Steps, skip: jax.Array,

@@ -16,6 +16,7 @@ from agnostic_sampling.backends._jax_search import _probes
 from agnostic_sampling.backends._jax_search import _row_sums
 from agnostic_sampling.backends._jax_search import _search
 from agnostic_sampling.backends._jax_search import _to_key
+from agnostic_sampling.backends._jax_search import _top_p_threshold
 from agnostic_sampling.backends._strategies import Searches
 
 
@@ -40,4 +41,9 @@ def _nth_largest(values: jax.Array, n: jax.Array) -> jax.Array:
     return _kth_largest(values, n, jnp.zeros(n.shape, bool))
 
 
-SEARCHES = Searches(_typical_bound, _nth_largest)
+def _top_p_bound(z: jax.Array, p: jax.Array) -> jax.Array:
+    floor = jnp.full(p.shape, -jnp.inf, z.dtype)
+    return _top_p_threshold(z, jnp.exp(z), floor, p, p >= 1)
+
+
+SEARCHES = Searches(_typical_bound, _nth_largest, _top_p_bound)

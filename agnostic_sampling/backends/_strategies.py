@@ -48,11 +48,14 @@ class Searches(NamedTuple):
     ``{|log q + H| <= s}`` has mass at least ``p`` times the row's (``+inf`` when none has, from
     rounding). ``nth_largest(v, n)``:
     the ``n``-th largest value of each row, ties counted (``-inf`` when the row holds fewer than
-    ``n`` finite values; values are ``<= 0``, the row maximum 0).
+    ``n`` finite values; values are ``<= 0``, the row maximum 0). ``top_p_bound(z, p)`` (for
+    `_chain`): the smallest ``t`` with ``sum(exp(z) over z > t) < p * sum(exp(z))``, ``z <= 0``
+    with maximum 0.
     """
 
     typical_bound: Any
     nth_largest: Any
+    top_p_bound: Any
 
 
 class StrategyRows(NamedTuple):
@@ -300,4 +303,16 @@ def _numpy_nth_largest(values: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.where(n <= values.shape[-1], at, -np.inf)
 
 
-NUMPY_SEARCHES = Searches(_numpy_typical_bound, _numpy_nth_largest)
+def _numpy_top_p_bound(z: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Sort-based: the mass strictly above each token is the mass before its tie group."""
+    descending = -np.sort(-z, axis=-1)
+    weight = np.exp(descending.astype(np.float64))
+    before = np.cumsum(weight, axis=-1) - weight
+    starts = np.ones(z.shape, bool)
+    starts[:, 1:] = descending[:, 1:] != descending[:, :-1]
+    group_before = np.maximum.accumulate(np.where(starts, before, -np.inf), axis=-1)
+    count = np.maximum(np.sum(group_before < (p * weight.sum(axis=-1))[:, None], axis=-1), 1)
+    return np.take_along_axis(descending, (count - 1)[:, None], -1)[:, 0]
+
+
+NUMPY_SEARCHES = Searches(_numpy_typical_bound, _numpy_nth_largest, _numpy_top_p_bound)

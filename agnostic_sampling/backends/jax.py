@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from agnostic_sampling._chain import Chain
+from agnostic_sampling._chain import register_pytree as register_chain_pytree
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
@@ -38,6 +40,7 @@ from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _acceptance
+from agnostic_sampling.backends import _chain
 from agnostic_sampling.backends import _shaping
 from agnostic_sampling.backends import _strategies
 from agnostic_sampling.backends._jax_common import _block_width
@@ -57,12 +60,14 @@ from agnostic_sampling.backends._jax_search import _candidate_block
 from agnostic_sampling.backends._jax_search import _candidate_threshold
 from agnostic_sampling.backends._jax_search import _candidates
 from agnostic_sampling.backends._jax_search import _for_rows
+from agnostic_sampling.backends._jax_search import _row_sums
 from agnostic_sampling.backends._jax_search import _take_rows
 from agnostic_sampling.backends._jax_search import _threshold
 from agnostic_sampling.backends._jax_strategies import SEARCHES
 
 register_pytree()
 register_seed_pytree()
+register_chain_pytree()
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
@@ -417,6 +422,9 @@ def greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def process_logits(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
     """Tempered logits, ``-inf`` outside each row's kept set."""
+    if isinstance(params, Chain):
+        z, status = _process_chain(logits, params, _maybe_on(params.min_keep, OFF["min_keep"]))
+        return z.reshape(logits.shape), status.reshape(logits.shape[:-1])
     return _process_logits(logits, params, _steps(params))
 
 
@@ -425,11 +433,16 @@ def probs(logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Arr
 
     Zero rows for rows with no finite logit.
     """
+    if isinstance(params, Chain):
+        z, status = _process_chain(logits, params, _maybe_on(params.min_keep, OFF["min_keep"]))
+        return _softmax(z).reshape(logits.shape), status.reshape(logits.shape[:-1])
     return _probs(logits, params, _steps(params))
 
 
 def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
     """One exact draw per row (int32; -1 for a row with no finite logit), by inverse CDF."""
+    if isinstance(params, Chain):
+        return _sample_chain(key, logits, params, _maybe_on(params.min_keep, OFF["min_keep"]))
     return _sample(key, logits, params, _steps(params))
 
 
@@ -463,20 +476,24 @@ def verify_draft(key: jax.Array, logits: jax.Array, draft_ids: jax.Array, draft_
 
 # ============================================================================================
 # Log-probabilities: the kept set of `process_logits` (`_prepare`, `_full_z`, `_row_threshold`),
-# the row totals as plain sums, the rank by a count, the top-n from the blocks of 32 with the
-# largest maxima (`_top_n`): a `lax.top_k` over the whole row sorts it on XLA:CPU (16 ms at
-# 64 x 128256 on raw values, 65 ms on processed ones, mostly -inf), against 2 for the blocks.
+# its mass and count and the rank from the threshold's candidates where they hold them, else from
+# whole rows (`_row_totals`), the top-n from the blocks of 32 with the largest maxima (`_top_n`):
+# a `lax.top_k` over the whole row sorts it on XLA:CPU (16 ms at 64 x 128256 on raw values, 65 ms
+# on processed ones, mostly -inf), against 2 for the blocks. Whole rows are rebuilt from the
+# logits wherever they are read, never passed on as (N, V) arrays: XLA:CPU writes out an (N, V)
+# array that a `lax.cond` or a gather takes, and reads it back, a pass of its own.
 
 
 _TOP_HEAD = 2  # `_top_n` fills -inf entries from the first _TOP_HEAD * n ids
 
 
-def _top_n(value_at: Any, x: jax.Array, block_max: jax.Array | None, greedy: jax.Array,
+def _top_n(value_at: Any, raw: jax.Array, clean: Any, block_max: jax.Array | None, greedy: jax.Array,
            n: int) -> tuple[jax.Array, jax.Array]:
     """The ``n`` largest ``value_at(logits, ids)`` per row, descending, ties by smaller id.
 
-    As ``lax.top_k`` over the whole row would give them. ``value_at(logits, ids)`` maps cleaned logits ``x``
-    and their token ids (R, W) to the ranked values, element-wise; outside ``greedy`` rows it depends on the
+    As ``lax.top_k`` over the whole row would give them. ``value_at(logits, ids)`` maps cleaned logits
+    ``x = clean(raw)`` and their token ids (R, W) to the ranked values, element-wise (``clean`` is
+    element-wise too, applied to gathered or sliced ``raw``); outside ``greedy`` rows it depends on the
     logit alone, monotone non-decreasing. ``block_max`` holds the maxima of blocks of ``x``. Every token
     outside the ``2 n + 1`` blocks with the largest maxima is at most ``t``, their smallest maximum, so the
     gathered values above ``f(t)`` are all of the row's: ``n`` of them settle the row. Fewer settle it too
@@ -485,11 +502,10 @@ def _top_n(value_at: Any, x: jax.Array, block_max: jax.Array | None, greedy: jax
     (ties or rounding at ``f(t)``) take the whole row, under a ``lax.cond`` that runs only when some row needs
     it.
     """
-    rows, vocab = x.shape
-    iota = lax.broadcasted_iota(jnp.int32, x.shape, 1)
+    rows, vocab = raw.shape
 
     def whole() -> tuple[jax.Array, jax.Array]:
-        return lax.top_k(value_at(x, iota), n)
+        return lax.top_k(value_at(clean(raw), lax.broadcasted_iota(jnp.int32, raw.shape, 1)), n)
 
     m = 2 * n + 1
     if block_max is None or 4 * m > block_max.shape[1]:
@@ -499,18 +515,20 @@ def _top_n(value_at: Any, x: jax.Array, block_max: jax.Array | None, greedy: jax
     # The smallest maximum by a reduction (a slice of it makes XLA:CPU sort: `_candidates`).
     smallest = jnp.min(maxima, axis=-1, keepdims=True)
     chosen = jnp.sort(chosen, axis=-1)  # ids increase along the gathered row: top_k's ties by id
-    logits = jnp.take_along_axis(x.reshape(rows, -1, block), chosen[:, :, None], axis=1).reshape(rows, -1)
+    logits = clean(jnp.take_along_axis(raw.reshape(rows, -1, block), chosen[:, :, None], axis=1)
+                   .reshape(rows, -1))
     ids = (chosen[:, :, None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(rows, -1)
     values = value_at(logits, ids)
-    bound = jnp.where(greedy, -jnp.inf, value_at(smallest.astype(x.dtype), ids[:, :1])[:, 0])
+    bound = jnp.where(greedy, -jnp.inf, value_at(smallest.astype(logits.dtype), ids[:, :1])[:, 0])
     above = values > bound[:, None]
     n_above = _count(above).astype(jnp.int32)
     top_values, at = lax.top_k(jnp.where(above, values, -jnp.inf), n)
     top_ids = jnp.take_along_axis(ids, at, axis=-1)
 
     head = min(_TOP_HEAD * n, vocab)
-    free = value_at(x[:, :head], iota[:, :head]) == -jnp.inf
-    _, fill = lax.top_k(jnp.where(free, -iota[:, :head].astype(jnp.float32), -jnp.inf), n)  # ascending
+    head_ids = lax.broadcasted_iota(jnp.int32, (rows, head), 1)
+    free = value_at(clean(raw[:, :head]), head_ids) == -jnp.inf
+    _, fill = lax.top_k(jnp.where(free, -head_ids.astype(jnp.float32), -jnp.inf), n)  # ascending
     slot = jnp.arange(n, dtype=jnp.int32)[None, :]
     listed = slot < n_above[:, None]
     later = jnp.take_along_axis(fill, jnp.maximum(slot - n_above[:, None], 0), axis=-1)
@@ -526,18 +544,71 @@ def _top_n(value_at: Any, x: jax.Array, block_max: jax.Array | None, greedy: jax
     return lax.cond(jnp.all(settled), lambda: (top_values, top_ids), mixed)
 
 
+def _row_totals(prep: _Prepared, steps: _Steps, cand: Any, threshold: jax.Array | None, kept_at: Any,
+                chosen: jax.Array) -> tuple[jax.Array, ...]:
+    """Per row: the total mass, the kept mass and count, the logits above ``chosen``, kept set found.
+
+    ``chosen`` is (N, 1) cleaned logits; the last field says whether the row's kept set was found
+    among the candidates ``cand`` (None: no candidates, every row whole). Where the threshold is
+    above ``cand.bound``, every token outside the candidates is below it, so the kept set is among
+    them (and a finite token, the bound, is not kept): its mass and count need no pass over the
+    row. The count above ``chosen`` likewise wherever ``chosen`` is at least ``cand.x_bound``. The
+    other rows take whole rows, under a ``lax.cond`` that runs only when some row needs them. The
+    total mass is one pass of its own: ``exp`` in a fused multi-output reduction runs scalar on
+    XLA:CPU, several times the cost of separate passes.
+    """
+    vocab = prep.raw.shape[1]
+
+    def rows() -> tuple[jax.Array, jax.Array]:
+        """The cleaned and the tempered rows (element-wise, fused into each pass that reads them)."""
+        x = _cleaned(prep.raw, prep.posinf, prep.row_max.dtype)
+        return x, _tempered(x, prep.shift, prep.rows.temperature, steps)
+
+    def whole_kept() -> tuple[jax.Array, jax.Array]:
+        """The kept mass and count over whole rows.
+
+        The same reduction over the same shape as the total, which adds in the same order: a row
+        that keeps every token gets the same two totals, a log mass of 0.
+        """
+        _, z = rows()
+        kept = kept_at(z, lax.broadcasted_iota(jnp.int32, z.shape, 1))
+        return jnp.sum(jnp.where(kept, jnp.exp(z), 0), axis=-1), _count(kept)
+
+    def whole_rank() -> tuple[jax.Array]:
+        x, _ = rows()
+        return (_row_sums([(x > chosen).astype(jnp.float32 if vocab < 2**24 else jnp.int32)])[:, 0],)
+
+    def unless(inside: jax.Array, mine: tuple[jax.Array, ...], whole: Any) -> tuple[jax.Array, ...]:
+        """``mine`` on the rows ``inside``, ``whole()`` on the others."""
+        def mixed() -> tuple[jax.Array, ...]:
+            return tuple(jnp.where(inside, a, b) for a, b in zip(mine, whole(), strict=True))
+        return lax.cond(jnp.all(inside), lambda: mine, mixed)
+
+    total = jnp.sum(jnp.exp(rows()[1]), axis=-1)
+    if cand is None:
+        return (total, *whole_kept(), *whole_rank(), jnp.zeros(total.shape, bool))
+    greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
+    inside = ~greedy & (threshold > cand.bound)
+    kept = cand.z >= threshold[:, None]
+    kept_total, kept_count = unless(inside, (jnp.sum(jnp.where(kept, jnp.exp(cand.z), 0), axis=-1),
+                                             _count(kept)), whole_kept)
+    (n_larger,) = unless(chosen[:, 0] >= cand.x_bound, (_count(cand.x > chosen),), whole_rank)
+    return total, kept_total, kept_count, n_larger, inside
+
+
 @functools.partial(jax.jit, static_argnames=("steps", "kind", "top_n"))
 def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: _Steps, kind: str,
               top_n: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
     prep = _prepare(logits, params, steps)
     dtype = prep.row_max.dtype
     n_rows, vocab = prep.raw.shape
-    x = _cleaned(prep.raw, prep.posinf, dtype)
-    z = _full_z(prep, steps)
     truncating = steps.top_k or steps.top_p or steps.min_p
-    threshold = _row_threshold(prep, steps, z)[0] if truncating else None
+    threshold, cand = _row_threshold(prep, steps) if truncating else (None, None)
     greedy = prep.rows.greedy & (prep.row_max != -jnp.inf)
     first = _first_of_max(prep)
+
+    def clean(raw: jax.Array) -> jax.Array:
+        return _cleaned(raw, prep.posinf, dtype)
 
     def kept_at(z: jax.Array, index: jax.Array) -> jax.Array:
         """Whether tempered logits ``z`` at token ids ``index`` (R, W) are in the kept set."""
@@ -546,24 +617,22 @@ def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: 
             kept &= z >= threshold[:, None]
         return jnp.where(greedy[:, None], index == first[:, None], kept)  # a greedy row's z is x - max
 
-    kept = kept_at(z, lax.broadcasted_iota(jnp.int32, z.shape, 1))
-    weight = jnp.exp(z)
-    # Separate sums: on XLA:CPU each fuses with the exponential, where a variadic reduce of them
-    # measured slower than the two passes. The same reduction over the same shape adds in the
-    # same order, so a row that keeps every token gets the same two totals: a log mass of 0.
-    total = jnp.sum(weight, axis=-1)
-    kept_total = jnp.sum(jnp.where(kept, weight, 0), axis=-1)
-    kept_count = _count(kept)
+    ids = ids.reshape(-1)
+    valid = (ids >= 0) & (ids < vocab)
+    at = jnp.clip(ids, 0, vocab - 1).astype(jnp.int32)[:, None]
+    chosen = clean(jnp.take_along_axis(prep.raw, at, axis=-1))
+    total, kept_total, kept_count, n_larger, inside = _row_totals(prep, steps, cand, threshold, kept_at,
+                                                                  chosen)
     raw_untempered = kind == "raw" and steps.temperature
 
     def log_of(mass: jax.Array) -> jax.Array:  # a row with no finite logit has mass 0: log-probs -inf
         return jnp.log(jnp.where(mass > 0, mass, 1))
 
-    truncated = ~greedy & (kept_total < total)
+    truncated = ~greedy & (inside | (kept_total < total))
     kept_log_mass = jnp.where(truncated, jnp.minimum(log_of(kept_total) - log_of(total), 0), 0)
     if kind == "raw":
-        raw_total = jnp.sum(jnp.exp(x - prep.shift[:, None]), axis=-1) if raw_untempered else total
-        log_raw = log_of(raw_total)
+        x = clean(prep.raw)
+        log_raw = log_of(jnp.sum(jnp.exp(x - prep.shift[:, None]), axis=-1) if raw_untempered else total)
     else:
         log_kept = log_of(kept_total)
 
@@ -577,17 +646,13 @@ def _logprobs(logits: jax.Array, ids: jax.Array, params: SamplingParams, steps: 
         z = _tempered(x, prep.shift, prep.rows.temperature, steps)
         return jnp.where(kept_at(z, index), z - log_kept[:, None], -jnp.inf)
 
-    ids = ids.reshape(-1)
-    valid = (ids >= 0) & (ids < vocab)
-    at = jnp.clip(ids, 0, vocab - 1).astype(jnp.int32)[:, None]
-    chosen = jnp.take_along_axis(x, at, axis=-1)
     token = jnp.where(valid, value_at(chosen, at)[:, 0], jnp.nan)
-    rank = jnp.where(valid, 1 + _count(x > chosen).astype(jnp.int32), 0)
+    rank = jnp.where(valid, 1 + n_larger.astype(jnp.int32), 0)
     if top_n:
         block_max = prep.block_max
         if block_max is None and _candidate_block(vocab):  # no truncation step: the blocks' own pass
-            block_max = jnp.max(x.reshape(n_rows, -1, _CANDIDATE_BLOCK), axis=-1)
-        top_logprobs, top_ids = _top_n(value_at, x, block_max,
+            block_max = jnp.max(clean(prep.raw).reshape(n_rows, -1, _CANDIDATE_BLOCK), axis=-1)
+        top_logprobs, top_ids = _top_n(value_at, prep.raw, clean, block_max,
                                        greedy if kind == "processed" else jnp.zeros_like(greedy), top_n)
     else:
         top_logprobs, top_ids = jnp.zeros((n_rows, 0), dtype), jnp.zeros((n_rows, 0), jnp.int32)
@@ -605,6 +670,9 @@ def logprobs(logits: jax.Array, ids: Any, params: SamplingParams, kind: str,
 
     An out-of-range id gives ``token`` NaN and ``rank`` 0 (only reachable under tracing).
     """
+    if isinstance(params, Chain):
+        return _logprobs_chain(logits, jnp.asarray(ids), params, _maybe_on(params.min_keep, OFF["min_keep"]),
+                               kind, top_n)
     if _strategies.present(params):
         return _logprobs_refined(logits, jnp.asarray(ids), params, _steps(params), kind, top_n)
     return _logprobs(logits, jnp.asarray(ids), params, _steps(params), kind, top_n)
@@ -623,3 +691,45 @@ def _logprobs_refined(logits: jax.Array, ids: jax.Array, params: SamplingParams,
     adjusted = _strategies.adjust_logprobs(rows_first, z, refined, ids.reshape(-1), kind, jnp,
                                            lambda values: lax.top_k(values, top_n))
     return tuple(a.reshape(f.shape) for a, f in zip(adjusted, fields, strict=True)), status
+
+
+# ============================================================================================
+# Chains in any order (`_chain`): whole rows, the chain's kinds static (its pytree structure)
+
+
+def _chain_rows(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The cleaned rows (the traced bad-value policy) and their status."""
+    dtype = _compute_dtype(logits.dtype)
+    raw = logits.reshape(-1, logits.shape[-1]).astype(dtype)
+    raw_max, has_nan = _max_and_nan(raw)
+    return _cleaned(raw, raw_max == jnp.inf, dtype), _status(raw_max, has_nan)
+
+
+@functools.partial(jax.jit, static_argnames=("min_keep_on", "only"))
+def _process_chain(logits: jax.Array, chain: Chain, min_keep_on: bool,
+                   only: tuple[str, ...] | None = None) -> _Processed:
+    x, status = _chain_rows(logits)
+    return _Processed(_chain.run(x, chain, logits.shape[:-1], SEARCHES, jnp, min_keep_on, only), status)
+
+
+@functools.partial(jax.jit, static_argnames="min_keep_on")
+def _sample_chain(key: jax.Array, logits: jax.Array, chain: Chain,
+                  min_keep_on: bool) -> tuple[jax.Array, jax.Array]:
+    z, status = _process_chain(logits, chain, min_keep_on)
+    ids = _draw(z, _uniform(key, logits.shape[:-1], z.dtype))
+    return ids.reshape(logits.shape[:-1]), status.reshape(logits.shape[:-1])
+
+
+@functools.partial(jax.jit, static_argnames=("min_keep_on", "kind", "top_n"))
+def _logprobs_chain(logits: jax.Array, ids: jax.Array, chain: Chain, min_keep_on: bool, kind: str,
+                    top_n: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    z, status = _process_chain(logits, chain, min_keep_on)
+    tempered = _process_chain(logits, chain, min_keep_on, ("temperature",)).z
+    x, _ = _chain_rows(logits)
+    fields = _chain.logprobs(x, z, tempered, ids.reshape(-1), kind, lambda values: lax.top_k(values, top_n),
+                             jnp)
+    batch_shape = logits.shape[:-1]
+    top_shape = batch_shape + (top_n,)
+    shapes = (batch_shape, batch_shape, top_shape, top_shape, batch_shape, batch_shape)
+    fields = tuple(f.reshape(shape) for f, shape in zip(fields, shapes, strict=True))
+    return (*fields[:5], fields[5].astype(jnp.int32)), status.reshape(batch_shape)

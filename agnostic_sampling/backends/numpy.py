@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from agnostic_sampling._chain import Chain
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._seed import SeedWords
@@ -55,6 +56,7 @@ from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _acceptance
+from agnostic_sampling.backends import _chain
 from agnostic_sampling.backends import _shaping
 from agnostic_sampling.backends import _strategies
 
@@ -638,6 +640,8 @@ def greedy(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
     """Tempered logits, ``-inf`` outside each row's kept set."""
+    if isinstance(params, Chain):
+        return _process_chain(logits, params)
     batch_shape = logits.shape[:-1]
     x = _shaped_rows(logits, params)
     prm = _Rows.from_params(params, batch_shape, x.dtype)
@@ -656,6 +660,24 @@ def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarr
     if _strategies.present(params):
         out = _refined(out, params, batch_shape)
     return out.reshape(logits.shape), status.reshape(batch_shape)
+
+
+def _chain_rows(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in compute precision and their status, for a `Chain` (bad rows are reported)."""
+    x = _rows(logits)
+    return x, _status(np.max(x, axis=-1))
+
+
+def _process_chain(logits: np.ndarray, chain: Chain,
+                   only: tuple[str, ...] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    x, status = _chain_rows(logits)
+    batch_shape = logits.shape[:-1]
+    if np.any(status != ROW_OK):
+        return None, status.reshape(batch_shape)
+    min_keep_on = bool(np.any(np.asarray(chain.min_keep) != 1))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        z = _chain.run(x, chain, batch_shape, _strategies.NUMPY_SEARCHES, np, min_keep_on, only)
+    return z.astype(x.dtype, copy=False).reshape(logits.shape), status.reshape(batch_shape)
 
 
 def _refined(z: np.ndarray, params: SamplingParams, batch_shape: tuple[int, ...]) -> np.ndarray:
@@ -683,7 +705,7 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
     For a `Seed`, one uniform per row, in token order (`_draw_in_token_order`).
     """
     batch_shape = logits.shape[:-1]
-    if _strategies.present(params):
+    if isinstance(params, Chain) or _strategies.present(params):
         return _sample_refined(key, logits, params)
     x = _shaped_rows(logits, params)
     prm = _Rows.from_params(params, batch_shape, x.dtype)
@@ -706,7 +728,7 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
 
 def _sample_refined(key: np.random.Generator | SeedWords, logits: np.ndarray,
                     params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
-    """`sample` with the steps of `_strategies`: one uniform per row over the refined rows, in token order."""
+    """`sample` through whole rows (a `Chain`, or the steps of `_strategies`): one uniform per row."""
     batch_shape = logits.shape[:-1]
     n_rows = int(np.prod(batch_shape, dtype=np.int64))
     uniform = uniforms(key, batch_shape, np).reshape(-1) if isinstance(key, SeedWords) else key.random(n_rows)
@@ -981,6 +1003,8 @@ def logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: str,  #
     compute precision; the kept sets are `_pipeline`'s (a group's candidates at or above its cut).
     The shaping applies to the processed kind (the public function refuses it with ``"raw"``).
     """
+    if isinstance(params, Chain):
+        return _logprobs_chain(logits, ids, params, kind, top_n)
     if _strategies.present(params):
         return _logprobs_refined(logits, ids, params, kind, top_n)
     x = _shaped_rows(logits, params) if kind == "processed" else _rows(logits)
@@ -1075,3 +1099,21 @@ def _stable_top_n(n: int) -> Any:
         return np.take_along_axis(values, order, -1), order.astype(np.int64)
 
     return top
+
+
+def _logprobs_chain(logits: np.ndarray, ids: Any, chain: Chain, kind: str,
+                    top_n: int) -> tuple[tuple[np.ndarray, ...] | None, np.ndarray]:
+    """`logprobs` for a `Chain`, on whole rows (`_chain.logprobs`)."""
+    z, status = _process_chain(logits, chain)
+    if z is None:
+        return None, status
+    tempered, _ = _process_chain(logits, chain, only=("temperature",))
+    vocab = logits.shape[-1]
+    x = _rows(logits)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fields = _chain.logprobs(x, z.reshape(-1, vocab), tempered.reshape(-1, vocab),
+                                 np.asarray(ids).reshape(-1).astype(np.int64), kind, _stable_top_n(top_n), np)
+    batch_shape = logits.shape[:-1]
+    top_shape = batch_shape + (top_n,)
+    shapes = (batch_shape, batch_shape, top_shape, top_shape, batch_shape, batch_shape)
+    return tuple(f.reshape(shape) for f, shape in zip(fields, shapes, strict=True)), status

@@ -1,0 +1,158 @@
+"""Chains of processors in any order, and the peers' presets, on every backend: against the float64
+oracle, the engines' documented orders on worked examples, chi-square, logprobs, bad input, and one
+compile per chain structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import agnostic_sampling as smp
+from agnostic_sampling.stats import reference_logprobs
+from agnostic_sampling.stats import reference_probs
+
+ROWS, V = 4, 40
+LOGITS = (np.random.default_rng(20261207).standard_normal((ROWS, V)) * 2).astype(np.float32)
+LOGITS[2, ::4] = -np.inf
+
+CHAINS = {
+    "llama_cpp": smp.presets.llama_cpp(temperature=np.array([0.8, 1.5, 0.6, 1.0]), top_k=30, top_p=0.9,
+                                       min_p=0.05, typical_p=0.95, top_n_sigma=2.5),
+    "vllm": smp.presets.vllm(temperature=0.7, min_p=np.array([0.1, 0.0, 0.2, 0.05]), top_k=20, top_p=0.8),
+    "repeated": smp.chain(smp.top_k(25), smp.temperature(2.0), smp.top_p(0.9), smp.temperature(0.5),
+                          smp.top_k(np.array([5, 0, 10, 3])), min_keep=2),
+    "greedy_in_the_middle": smp.chain(smp.min_p(0.2), smp.temperature(np.array([0.0, 1.0, 0.0, 2.0])),
+                                      smp.top_p(0.5)),
+    "strategies_first": smp.chain(smp.xtc(0.05, 0.5), smp.eta(0.02), smp.epsilon(0.01), smp.typical_p(0.8),
+                                  smp.temperature(1.3), min_keep=np.array([1, 2, 3, 1])),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_matches_reference(backend, name):
+    chain = CHAINS[name]
+    assert chain.as_params() is None  # not the default order: the whole-row route
+    expected = reference_probs(LOGITS, params=chain)
+    np.testing.assert_allclose(backend.probs(LOGITS, params=chain), expected, rtol=2e-5, atol=1e-6)
+    z = backend.process_logits(LOGITS, params=chain)
+    np.testing.assert_array_equal(z.max(axis=-1), np.zeros(ROWS))
+    np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(-1, keepdims=True), expected, rtol=2e-5, atol=1e-6)
+
+
+def test_the_order_matters():
+    # the chains above are not the default order in disguise
+    for name, chain in CHAINS.items():
+        kinds = chain.kinds
+        position = smp._chain.DEFAULT_ORDER.index
+        steps = sorted(chain.steps, key=lambda step: position(step.kind))
+        default = smp.chain(*steps, min_keep=chain.min_keep)
+        if len(set(kinds)) == len(kinds):
+            assert not np.allclose(reference_probs(LOGITS, params=chain),
+                                   reference_probs(LOGITS, params=default)), name
+
+
+def test_the_default_order_is_the_keywords(backend):
+    chain = smp.chain(smp.temperature(0.8), smp.top_k(20), smp.top_p(0.9), smp.typical_p(0.95))
+    params = chain.as_params()
+    assert params is not None and float(params.top_p) == 0.9
+    np.testing.assert_array_equal(backend.probs(LOGITS, params=chain),
+                                  backend.probs(LOGITS, temperature=0.8, top_k=20, top_p=0.9, typical_p=0.95))
+    assert smp.presets.hf(temperature=0.8, top_k=20, top_p=0.9).as_params() is not None
+
+
+def test_presets_follow_their_engines(backend):
+    x = np.log(np.array([[0.5, 0.3, 0.2]], np.float32))
+    # llama.cpp: temperature last, so top-p sees the untempered distribution
+    llama = backend.probs(x, params=smp.presets.llama_cpp(temperature=3.0, top_p=0.75))
+    top_two = np.array([[0.5, 0.3, 0.0]]) ** (1 / 3)
+    np.testing.assert_allclose(llama, top_two / top_two.sum(), rtol=1e-5)
+    # Hugging Face: temperature first, so top-p sees the flattened one and keeps all three
+    hf = backend.probs(x, params=smp.presets.hf(temperature=3.0, top_p=0.75))
+    cube = np.array([[0.5, 0.3, 0.2]]) ** (1 / 3)
+    np.testing.assert_allclose(hf, cube / cube.sum(), rtol=1e-5)
+    # vLLM: min-p before top-p, so top-p renormalises over min-p's set
+    y = np.log(np.array([[0.4, 0.3, 0.2, 0.05, 0.05]], np.float32))
+    vllm = backend.probs(y, params=smp.presets.vllm(min_p=0.2, top_p=0.75)) > 0
+    assert vllm.tolist() == [[True, True, False, False, False]]
+    keywords = backend.probs(y, min_p=0.2, top_p=0.75) > 0  # top-p first: 0.2 is inside 0.75
+    assert keywords.tolist() == [[True, True, True, False, False]]
+
+
+@pytest.mark.parametrize("kind", ["processed", "raw"])
+def test_logprobs_match_reference(eager_backend, kind):
+    backend = eager_backend
+    chain = CHAINS["llama_cpp"]
+    ids = np.array([3, int(np.argmax(LOGITS[1])), 7, 0])
+    got = smp.logprobs(backend.array(LOGITS), backend.array(ids), kind=kind, top_n=4, params=chain)
+    expected = reference_logprobs(LOGITS, ids, kind=kind, top_n=4, params=chain)
+    for name in ("token", "top_logprobs", "kept_log_mass"):
+        np.testing.assert_allclose(np.asarray(getattr(got, name)), getattr(expected, name), rtol=1e-5,
+                                   atol=1e-5, err_msg=name)
+    for name in ("rank", "top_ids", "kept_count"):
+        np.testing.assert_array_equal(np.asarray(getattr(got, name)), getattr(expected, name), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_draws_follow_reference(backend, dtype, seed):
+    pytest.importorskip("scipy")
+    from agnostic_sampling.stats import assert_samples_match
+
+    if backend.jitted and dtype != "float32":
+        pytest.skip("under jit float32 only (each dtype is a compile; the eager runs cover them)")
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    logits = LOGITS[:, :32].astype(dtype)
+    chain = CHAINS["llama_cpp"]
+    n = 65_536  # detects TV 0.02 at power 0.99 per row at the default level (1e-6 per assertion)
+    ids = backend.sample(backend.key(seed), np.broadcast_to(logits, (n, *logits.shape)), params=chain)
+    assert_samples_match(ids, reference_probs(logits, params=chain), seed=seed)
+
+
+def test_one_compile_per_structure():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    traces = []
+
+    @jax.jit
+    def draw(key, logits, chain):
+        traces.append(1)
+        return smp.sample(key, logits, params=chain), smp.probs(logits, params=chain)
+
+    for i in range(3):
+        chain = smp.chain(smp.top_k(jnp.int32(10 + i)), smp.temperature(0.5 + i / 4),
+                          smp.top_p(0.8 + i / 20), min_keep=1 + i)
+        ids, p = draw(jax.random.key(i), jnp.asarray(LOGITS), chain)
+        np.testing.assert_allclose(p, reference_probs(LOGITS, params=chain), rtol=2e-5, atol=1e-6)
+        assert (np.asarray(p)[np.arange(ROWS), np.asarray(ids)] > 0).all()
+    assert len(traces) == 1
+    draw(jax.random.key(0), jnp.asarray(LOGITS), smp.chain(smp.temperature(0.5), smp.top_k(3)))
+    assert len(traces) == 2  # a new order is a new structure
+
+
+def test_bad_input(eager_backend):
+    logits = eager_backend.array(LOGITS)
+    with pytest.raises(ValueError, match="top_p must be in \\[0, 1\\], got 1.5"):
+        smp.probs(logits, params=smp.chain(smp.temperature(2.0), smp.top_p(1.5)))
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        smp.sample(eager_backend.key(0), logits, params=smp.chain(smp.top_k(3), smp.temperature(-1.0)))
+    with pytest.raises(ValueError, match="min_keep must be >= 1"):
+        smp.probs(logits, params=smp.chain(smp.top_k(3), smp.temperature(2.0), min_keep=0))
+    with pytest.raises(ValueError, match="top_k has shape \\(3,\\), which does not broadcast"):
+        smp.probs(logits, params=smp.chain(smp.top_p(0.5), smp.top_k(np.array([1, 2, 3]))))
+    with pytest.raises(TypeError, match="not both: got a chain and top_p"):
+        smp.probs(logits, top_p=0.5, params=smp.chain(smp.top_k(3)))
+    with pytest.raises(TypeError, match="chain takes processors"):
+        smp.chain(smp.top_k(3), 0.5)
+    with pytest.raises(TypeError, match="a Chain is not supported"):
+        smp.verify_draft(0, np.zeros((1, 2, V), np.float32), np.array([[0]]), params=smp.chain(smp.top_k(3)))
+    with pytest.raises(ValueError, match="row 1"):
+        bad = LOGITS.copy()
+        bad[1, 0] = np.nan
+        smp.probs(eager_backend.array(bad), params=CHAINS["vllm"])
+
+
+def test_callers_arrays_are_not_modified(eager_backend):
+    logits = eager_backend.array(LOGITS.copy())
+    smp.sample(eager_backend.key(0), logits, params=CHAINS["repeated"])
+    smp.logprobs(logits, np.zeros(ROWS, int), top_n=2, params=CHAINS["repeated"])
+    np.testing.assert_array_equal(np.asarray(logits), LOGITS)
