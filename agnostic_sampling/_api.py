@@ -15,7 +15,7 @@ import numpy as np
 
 from agnostic_sampling import _dispatch
 from agnostic_sampling._chain import Chain
-from agnostic_sampling._chain import validate_chain
+from agnostic_sampling._chain import with_keywords
 from agnostic_sampling._checks import check_logits
 from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._dispatch import is_tracer
@@ -23,7 +23,6 @@ from agnostic_sampling._keys import as_backend_key
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
-from agnostic_sampling._params import _is_default
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
 
@@ -57,22 +56,20 @@ def _params(params: SamplingParams | None, batch_shape: tuple[int, ...], vocab: 
     order it is checked and returned as it is.
     """
     if isinstance(params, Chain):
-        given = [name for name, value in keywords.items() if not _is_default(name, value)]
-        if given:
-            raise TypeError(f"pass either params= or sampling keywords, not both: got a chain and "
-                            f"{', '.join(given)} (logit shaping does not combine with a chain yet)")
-        validate_chain(params, batch_shape)
+        params = with_keywords(params, batch_shape, vocab, keywords)
         as_params = params.as_params()
         if as_params is None:
             return params
-        params = as_params
+        params, keywords = as_params, {}
     resolved = resolve_params(params, **keywords)
     validate_params(resolved, batch_shape, vocab)
     return resolved
 
 
 def _shaping_given(params: SamplingParams | Chain) -> bool:
-    return not isinstance(params, Chain) and any(getattr(params, name) is not None for name in SHAPING_FIELDS)
+    if isinstance(params, Chain):
+        params = params.shaping
+    return params is not None and any(getattr(params, name) is not None for name in SHAPING_FIELDS)
 
 
 def sample(
@@ -101,7 +98,7 @@ def sample(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
-    params: SamplingParams | None = None,
+    params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> Any:
     """Draw one token id per row from the processed distribution of ``logits``.
@@ -146,7 +143,8 @@ def sample(
             complete an n-gram already in the history is banned (Hugging Face's rule).
         bad_words: ``(W, M)`` or ``(..., W, M)`` token sequences right-padded with ``-1``: a
             sequence's last id is banned when the history ends with its other ids.
-        params: a `SamplingParams` instead of the keywords above (not both).
+        params: a `SamplingParams` instead of the keywords above (not both), or a `Chain` (the steps
+            in the order given; the shaping keywords still apply first).
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``logits``.
 
     Returns:
@@ -206,7 +204,7 @@ def process_logits(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
-    params: SamplingParams | None = None,
+    params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> Any:
     """The tempered logits with ``-inf`` outside the kept set (same shape as ``logits``).
@@ -252,7 +250,7 @@ def probs(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
-    params: SamplingParams | None = None,
+    params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> Any:
     """The distribution that `sample` draws from: ``softmax(process_logits(logits, ...))``.
@@ -355,7 +353,7 @@ def logprobs(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
-    params: SamplingParams | None = None,
+    params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> LogprobsResult:
     """Log-probabilities of ``ids``, the ``top_n`` alternatives, and the kept set's mass.
@@ -413,7 +411,8 @@ def logprobs(
     resolved = _params(params, array.shape[:-1], vocab, keywords)
     shaped = _shaping_given(resolved)
     if shaped and kind == "raw":
-        given = ", ".join(name for name in SHAPING_FIELDS if getattr(resolved, name) is not None)
+        holder = resolved.shaping if isinstance(resolved, Chain) else resolved
+        given = ", ".join(name for name in SHAPING_FIELDS if getattr(holder, name) is not None)
         raise ValueError(f"kind='raw' is log_softmax of the logits as given; logit shaping ({given}) "
                          f"applies to kind='processed' only")
     fields, status = module.logprobs(array, ids, resolved, kind, int(top_n))

@@ -5,7 +5,8 @@
 scalars or per-row arrays, traced under ``jit`` (a `Chain` is a JAX pytree whose structure, the
 order of its steps, is static: one compile per order). A chain whose steps follow the default
 order (README "Semantics") is the keyword API exactly and runs its fast path; any other order
-runs each step on whole rows. `agnostic_sampling.presets` builds the peers' orders.
+runs each step on whole rows. The logit shaping keywords of the call (bias, masks, penalties) run
+before the first step, as with the keywords. `agnostic_sampling.presets` builds the peers' orders.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import sys
 from typing import Any
 
 from agnostic_sampling._dispatch import is_tracer
+from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import _canonical
 from agnostic_sampling._params import _check
 from agnostic_sampling._params import _check_dtype
+from agnostic_sampling._params import _is_default
+from agnostic_sampling._params import validate_params
 
 __all__ = ["DEFAULT_ORDER", "Chain", "Step", "chain", "epsilon", "eta", "min_p", "temperature", "top_k",
-           "top_n_sigma", "top_p", "typical_p", "validate_chain", "xtc"]
+           "top_n_sigma", "top_p", "typical_p", "validate_chain", "with_keywords", "xtc"]
 
 # Each kind of step and the SamplingParams fields it holds, in the default order.
 _FIELDS = {"temperature": ("temperature",), "top_k": ("top_k",), "top_p": ("top_p",), "min_p": ("min_p",),
@@ -164,6 +168,7 @@ class Chain:
 
     steps: tuple[Step, ...]
     min_keep: Any = 1
+    shaping: SamplingParams | None = None  # the call's shaping keywords, applied before the steps
 
     def __post_init__(self) -> None:
         if not _registered and "jax" in sys.modules:
@@ -181,6 +186,8 @@ class Chain:
             return None
         fields = {name: value for step in self.steps for name, value in zip(step.fields, step.values,
                                                                              strict=True)}
+        if self.shaping is not None:
+            fields.update({name: getattr(self.shaping, name) for name in SHAPING_FIELDS})
         return SamplingParams(min_keep=self.min_keep, **fields)
 
 
@@ -223,6 +230,24 @@ def validate_chain(value: Chain, batch_shape: tuple[int, ...]) -> None:
         _check("min_keep", value.min_keep, batch_shape)
 
 
+def with_keywords(chain: Chain, batch_shape: tuple[int, ...], vocab: int | None, keywords: dict[str, Any], *,
+                  history_supplied: bool = False) -> Chain:
+    """``chain``, checked, with the call's logit shaping keywords (the sampling ones are its steps)."""
+    given = [name for name, value in keywords.items()
+             if name not in SHAPING_FIELDS and not _is_default(name, value)]
+    if given:
+        raise TypeError(f"pass the sampling steps either in the chain or as keywords, not both: got a chain "
+                        f"and {', '.join(given)}")
+    validate_chain(chain, batch_shape)
+    shaping = {name: value for name, value in keywords.items()
+               if name in SHAPING_FIELDS and value is not None}
+    if not shaping:
+        return chain
+    shaping_params = SamplingParams(**shaping)
+    validate_params(shaping_params, batch_shape, vocab, history_supplied=history_supplied)
+    return dataclasses.replace(chain, shaping=shaping_params)
+
+
 def register_pytree() -> None:
     """Register `Chain` as a JAX pytree: the values are leaves, the kinds static."""
     global _registered
@@ -231,7 +256,7 @@ def register_pytree() -> None:
     import jax.tree_util
 
     def flatten(value: Chain) -> tuple[list[Any], tuple[str, ...]]:
-        return [*(v for step in value.steps for v in step.values), value.min_keep], value.kinds
+        return [*(v for step in value.steps for v in step.values), value.min_keep, value.shaping], value.kinds
 
     def unflatten(kinds: tuple[str, ...], leaves: Any) -> Chain:
         leaves = list(leaves)
@@ -243,6 +268,7 @@ def register_pytree() -> None:
         out = object.__new__(Chain)
         object.__setattr__(out, "steps", tuple(steps))
         object.__setattr__(out, "min_keep", leaves[0])
+        object.__setattr__(out, "shaping", leaves[1])
         return out
 
     jax.tree_util.register_pytree_node(Chain, flatten, unflatten)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 from typing import NamedTuple
 
+from agnostic_sampling._chain import Chain
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling.backends._loop_shaping import LoopShaping
 
@@ -28,7 +29,7 @@ class Request(NamedTuple):
     pad_id: int
     logprob_kind: str | None  # "processed", "raw", or None: no log-probabilities
     top_logprobs: int  # alternatives per generated position (0: none); needs logprob_kind
-    params: SamplingParams  # without the steps `shaping` applies (the backend's sample applies these)
+    params: SamplingParams | Chain  # without the steps `shaping` applies (the backend's sample applies these)
     shaping: LoopShaping | None  # bias, penalties and min_tokens, applied by the loop; None: none given
     shaping_params: SamplingParams  # the full parameters, for `shape_step`
     min_tokens: Any  # (B,) ints, or None

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from agnostic_sampling._chain import Chain
+from agnostic_sampling._chain import Step
 from agnostic_sampling._checks import check_logits
 from agnostic_sampling._decode import Request
 from agnostic_sampling._decode import check_top_logprobs
@@ -63,12 +65,22 @@ def run(request: Request, fn: Any, *, stateful: bool, state: Any,
         raise
 
 
-def _per_row(params: SamplingParams, batch: int) -> SamplingParams:
+def _per_row(params: SamplingParams | Chain, batch: int) -> SamplingParams | Chain:
     """Every field given as a (B,) array of one dtype.
 
     New values (scalar or per row) then reuse the compiled loop; ``None`` fields stay ``None``
-    (static: the step is compiled out).
+    (static: the step is compiled out). A `Chain` keeps its order (static) and its shaping.
     """
+    if isinstance(params, Chain):
+        def column(name: str, value: Any) -> Any:
+            dtype = jnp.int32 if isinstance(OFF[name], int) else jnp.float32
+            return jnp.broadcast_to(jnp.asarray(value, dtype), (batch,))
+
+        steps = tuple(Step(step.kind, tuple(column(name, value) for name, value in
+                                            zip(step.fields, step.values, strict=True)))
+                      for step in params.steps)
+        shaping = None if params.shaping is None else _per_row(params.shaping, batch)
+        return Chain(steps, column("min_keep", params.min_keep), shaping)
     fields = {}
     for name in FIELDS:
         value = getattr(params, name)

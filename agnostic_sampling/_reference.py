@@ -15,6 +15,7 @@ import numpy as np
 from agnostic_sampling._api import LogprobsResult
 from agnostic_sampling._chain import Chain
 from agnostic_sampling._chain import validate_chain
+from agnostic_sampling._chain import with_keywords
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SHAPING_FIELDS
@@ -252,8 +253,14 @@ def reference_probs(
         >>> reference_probs(np.log([0.5, 0.3, 0.2]), top_p=0.6).round(3).tolist()
         [0.625, 0.375, 0.0]
     """
-    if isinstance(params, Chain):
-        return _chain_rows(logits, params)[0].reshape(np.shape(logits))
+    if isinstance(params, Chain):  # with the shaping keywords, applied first
+        shaping = dict(logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
+                       history=history, history_lengths=history_lengths,
+                       repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+        shape = np.shape(logits)
+        return _chain_rows(logits, with_keywords(params, shape[:-1], shape[-1], shaping))[0].reshape(shape)
     x, settings = _rows_and_settings(
         logits, params, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
         typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma, xtc_threshold=xtc_threshold,
@@ -416,6 +423,8 @@ def _chain_rows(logits: Any, chain: Chain,
     batch_shape = x.shape[:-1]
     validate_chain(chain, batch_shape)
     rows = x.reshape(-1, x.shape[-1])
+    if chain.shaping is not None:
+        rows = _shaped(rows, chain.shaping, batch_shape)
 
     def per_row(value: Any) -> np.ndarray:
         return np.broadcast_to(np.asarray(value, np.float64), batch_shape).reshape(-1)

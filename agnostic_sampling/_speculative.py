@@ -85,7 +85,7 @@ def verify_draft(
     top_p: Any = None,
     min_p: Any = None,
     min_keep: Any = 1,
-    params: SamplingParams | None = None,
+    params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> DraftVerification:
     """Verify ``K`` drafted tokens against the target model in one call, exactly.
@@ -113,7 +113,8 @@ def verify_draft(
         top_p: as for `sample`.
         min_p: as for `sample`.
         min_keep: as for `sample`.
-        params: a `SamplingParams` instead of the keywords above (not both).
+        params: a `SamplingParams` or a `Chain` (any step, in any order) instead of the keywords
+            above (not both).
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``target_logits``.
 
     Returns:
@@ -131,12 +132,10 @@ def verify_draft(
     if array.ndim != 3:
         raise ValueError(f"target_logits must have shape (B, K + 1, V), got shape {tuple(array.shape)}")
     ids, probs = _check_draft(draft_ids, draft_probs, tuple(array.shape), module)
-    if isinstance(params, Chain):
-        raise TypeError("verify_draft takes a SamplingParams or the keywords; a Chain is not supported "
-                        "there yet")
     resolved = _params(params, array.shape[:1], None, {"temperature": temperature, "top_k": top_k,
                                                        "top_p": top_p, "min_p": min_p, "min_keep": min_keep})
-    reject_shaping(resolved, "verify_draft")
+    if not isinstance(resolved, Chain):
+        reject_shaping(resolved, "verify_draft")
     rng = as_backend_key(key, module, array, "target_logits")
     result, status = module.verify_draft(rng, array, ids, probs, resolved)
     raise_bad_rows(status, array.shape)

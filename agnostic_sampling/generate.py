@@ -34,6 +34,7 @@ decoded alone.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,8 @@ from typing import NamedTuple
 import numpy as np
 
 from agnostic_sampling import _dispatch
+from agnostic_sampling._chain import Chain
+from agnostic_sampling._chain import with_keywords
 from agnostic_sampling._checks import check_logits
 from agnostic_sampling._checks import raise_bad_rows
 from agnostic_sampling._decode import Request
@@ -136,7 +139,7 @@ def generate(
     penalty_scope: str | None = None,
     penalty_window: int | None = None,
     min_tokens: Any = None,
-    params: SamplingParams | None = None,
+    params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> GenerateResult:
     """Extend each prompt by sampling from ``model`` until EOS or ``max_new_tokens``.
@@ -192,7 +195,8 @@ def generate(
             position (``top_ids`` / ``top_logprobs``), under the same distribution;
             ``0 <= top_logprobs <= V``. Static on JAX (each value compiles once).
         temperature, top_k, top_p, min_p, min_keep, typical_p, epsilon, eta, top_n_sigma,
-            xtc_threshold, xtc_probability, params: as in `sample`, per row allowed.
+            xtc_threshold, xtc_probability, params: as in `sample`, per row allowed; ``params``
+            may be a `Chain` (its order static on JAX), with the shaping keywords below.
         logit_bias, allowed, banned, vocab_size: as in `sample`, applied at every position.
         repetition_penalty, frequency_penalty, presence_penalty: as in `sample`, over the row's
             own history, which the loop counts (``history=`` is not taken here): see
@@ -286,7 +290,7 @@ def generate_with_state(
     penalty_scope: str | None = None,
     penalty_window: int | None = None,
     min_tokens: Any = None,
-    params: SamplingParams | None = None,
+    params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> GenerateResult:
     """`generate` for a model with a cache: ``step(state, ids) -> (logits, state)``, O(1) per token.
@@ -414,6 +418,14 @@ def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: An
     pad_id = _token_id("pad_id", pad_id)
     kind, top_n = _logprob_options(return_logprobs, top_logprobs)
 
+    chain = None
+    if isinstance(params, Chain):  # its shaping keywords are checked here, its steps run by the backend
+        chain = with_keywords(params, (batch,), None, keywords, history_supplied=True)
+        params, keywords = chain.as_params(), {}
+        if params is None:
+            params = chain.shaping or SamplingParams()
+        else:
+            chain = None  # the default order: the keyword path
     resolved = resolve_params(params, **keywords)
     for field in ("history", "history_lengths"):
         if getattr(resolved, field) is not None:
@@ -426,7 +438,10 @@ def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: An
     rng = as_backend_key(key, module, prompt, argument="prompt")
     if isinstance(rng, SeedWords):  # one (seed, position) per row, advanced per position by the loop
         rng = per_row(rng, batch, np if name == "numpy" else module.jnp)
-    loop_params = resolved if shaping is None else sampling_params(resolved)
+    if chain is not None:  # the backend applies the bias and the masks unless the loop shapes
+        loop_params = chain if shaping is None else dataclasses.replace(chain, shaping=None)
+    else:
+        loop_params = resolved if shaping is None else sampling_params(resolved)
     return Request(name, rng, prompt, lengths, max_new_tokens, eos_ids, pad_id, kind, top_n, loop_params,
                    shaping, resolved, min_tokens)
 

@@ -28,6 +28,11 @@ CHAINS = {
 }
 
 
+BIAS = np.random.default_rng(5).standard_normal((ROWS, V)).astype(np.float32)
+SHAPING = {"logit_bias": BIAS, "banned": np.arange(V) % 7 == 0, "repetition_penalty": 1.4,
+           "history": np.random.default_rng(6).integers(0, V, (ROWS, 12))}
+
+
 @pytest.mark.parametrize("name", list(CHAINS))
 def test_matches_reference(backend, name):
     chain = CHAINS[name]
@@ -143,8 +148,14 @@ def test_bad_input(eager_backend):
         smp.probs(logits, top_p=0.5, params=smp.chain(smp.top_k(3)))
     with pytest.raises(TypeError, match="chain takes processors"):
         smp.chain(smp.top_k(3), 0.5)
-    with pytest.raises(TypeError, match="a Chain is not supported"):
-        smp.verify_draft(0, np.zeros((1, 2, V), np.float32), np.array([[0]]), params=smp.chain(smp.top_k(3)))
+    with pytest.raises(TypeError, match="not both: got a chain and top_k"):
+        smp.verify_draft(eager_backend.key(0), eager_backend.array(np.zeros((1, 2, V), np.float32)),
+                         eager_backend.array(np.array([[0]])), top_k=3, params=smp.chain(smp.top_p(0.5)))
+    with pytest.raises(ValueError, match="repetition_penalty needs history"):
+        smp.probs(logits, repetition_penalty=1.2, params=CHAINS["vllm"])
+    with pytest.raises(ValueError, match="kind='raw' is log_softmax of the logits as given"):
+        smp.logprobs(logits, eager_backend.array(np.zeros(ROWS, int)), kind="raw", logit_bias=BIAS,
+                     params=CHAINS["vllm"])
     with pytest.raises(ValueError, match="row 1"):
         bad = LOGITS.copy()
         bad[1, 0] = np.nan
@@ -156,3 +167,62 @@ def test_callers_arrays_are_not_modified(eager_backend):
     smp.sample(eager_backend.key(0), logits, params=CHAINS["repeated"])
     smp.logprobs(logits, np.zeros(ROWS, int), top_n=2, params=CHAINS["repeated"])
     np.testing.assert_array_equal(np.asarray(logits), LOGITS)
+
+
+@pytest.mark.parametrize("name", ["llama_cpp", "greedy_in_the_middle"])
+def test_shaping_keywords_run_before_the_chain(eager_backend, name):
+    chain = CHAINS[name]
+    logits = eager_backend.array(LOGITS)
+    shaping = {key: eager_backend.array(value) if isinstance(value, np.ndarray) else value
+               for key, value in SHAPING.items()}
+    expected = reference_probs(LOGITS, params=chain, **SHAPING)
+    assert (expected[:, ::7] == 0).all() and not np.allclose(expected, reference_probs(LOGITS, params=chain))
+    np.testing.assert_allclose(np.asarray(smp.probs(logits, params=chain, **shaping)), expected, rtol=2e-5,
+                               atol=1e-6)
+    ids = np.asarray(smp.sample(eager_backend.key(0), logits, params=chain, **shaping))
+    assert (expected[np.arange(ROWS), ids] > 0).all()
+    got = smp.logprobs(logits, eager_backend.array(ids), top_n=3, params=chain, **shaping)
+    np.testing.assert_allclose(np.asarray(got.token), np.log(expected[np.arange(ROWS), ids]), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_verify_draft_takes_a_chain(eager_backend, seed):
+    """The first emitted token of the standard rule follows the target's chain distribution."""
+    pytest.importorskip("scipy")
+    from agnostic_sampling.stats import assert_samples_match
+
+    chain = smp.chain(smp.top_p(0.9), smp.temperature(0.6), smp.top_k(6))
+    row = LOGITS[0, :32]
+    p = reference_probs(row, params=chain)
+    n = 20_000  # detects TV 0.03 at power 0.99 at the default level (checked by assert_samples_match)
+    target = np.broadcast_to(row, (n, 2, row.size))  # K = 1 drafted position and the bonus one
+    draft = np.full((n, 1), int(np.argmax(row)))  # a greedy draft
+    out = smp.verify_draft(eager_backend.key(seed), eager_backend.array(target), eager_backend.array(draft),
+                           params=chain)
+    assert_samples_match(np.asarray(out.tokens)[:, 0], p, seed=seed, tv=0.03)
+    accepted = np.asarray(out.num_accepted)
+    assert abs(accepted.mean() - p[np.argmax(row)]) < 0.02  # accepted with probability p(draft)
+
+
+@pytest.mark.parametrize("penalty", [None, 1.5])
+def test_generate_with_a_chain_is_the_plain_loop(eager_backend, penalty):
+    """`generate` with a chain equals `sample` with the same chain at every position, by hand."""
+    table = (np.random.default_rng(8).standard_normal((V, V)) * 2).astype(np.float32)
+    table_b = eager_backend.array(table)
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+    chain = smp.chain(smp.top_p(0.9), smp.temperature(np.array([0.7, 1.3])), smp.top_k(4))
+    banned = np.arange(V) == 9
+    out = smp.generate(smp.Seed(3, 0), lambda ids: table_b[ids], eager_backend.array(prompt),
+                       max_new_tokens=5, params=chain, banned=banned, repetition_penalty=penalty,
+                       return_logprobs=True)
+    ids = prompt.copy()
+    for t in range(prompt.shape[1] - 1, prompt.shape[1] + 4):
+        history = {} if penalty is None else {"history": ids, "repetition_penalty": penalty}
+        logits = eager_backend.array(table[ids[:, t]])
+        token = np.asarray(smp.sample(smp.Seed(3, t + 1), logits, params=chain, banned=banned, **history))
+        lp = smp.logprobs(logits, eager_backend.array(token), params=chain, banned=banned, **history)
+        np.testing.assert_allclose(np.asarray(out.logprobs)[:, t + 1], np.asarray(lp.token), rtol=1e-5,
+                                   atol=1e-6)
+        ids = np.concatenate([ids, token[:, None]], axis=1)
+    np.testing.assert_array_equal(np.asarray(out.ids), ids)
+    assert not (ids[:, 3:] == 9).any()

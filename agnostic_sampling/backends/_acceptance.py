@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 from typing import NamedTuple
 
+from agnostic_sampling._chain import Chain
+from agnostic_sampling._chain import Step
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import SamplingParams
 
@@ -22,21 +24,25 @@ class Decision(NamedTuple):
     residual: Any  # (B, V) weights of the last token: max(p - q, 0) at a rejection, p after K accepts
 
 
-def per_position(params: SamplingParams, positions: int, xp: Any) -> SamplingParams:
+def _repeated(value: Any, positions: int, xp: Any) -> Any:
+    if value is not None and not isinstance(value, (int, float)):
+        value = xp.asarray(value)
+        if value.ndim:
+            value = xp.broadcast_to(value[..., None], (*value.shape, positions))
+    return value
+
+
+def per_position(params: SamplingParams | Chain, positions: int, xp: Any) -> SamplingParams | Chain:
     """Each row's parameters repeated over its ``positions`` target positions (scalars stay scalars).
 
     A field of batch shape ``(B,)`` becomes ``(B, positions)``; a scalar or ``None`` is unchanged,
-    so a concretely-off step is still left out of the compiled program.
+    so a concretely-off step is still left out of the compiled program. A `Chain` keeps its order.
     """
-    fields = {}
-    for name in FIELDS:
-        value = getattr(params, name)
-        if value is not None and not isinstance(value, (int, float)):
-            value = xp.asarray(value)
-            if value.ndim:
-                value = xp.broadcast_to(value[..., None], (*value.shape, positions))
-        fields[name] = value
-    return SamplingParams(**fields)
+    if isinstance(params, Chain):
+        steps = tuple(Step(step.kind, tuple(_repeated(v, positions, xp) for v in step.values))
+                      for step in params.steps)
+        return Chain(steps, _repeated(params.min_keep, positions, xp))
+    return SamplingParams(**{name: _repeated(getattr(params, name), positions, xp) for name in FIELDS})
 
 
 def accept(p: Any, draft_ids: Any, draft_probs: Any | None, uniform: Any, xp: Any) -> Decision:

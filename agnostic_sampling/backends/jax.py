@@ -453,9 +453,22 @@ def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[j
 @functools.partial(jax.jit, static_argnames="steps")
 def _verify_draft(key: jax.Array, logits: jax.Array, draft_ids: jax.Array, draft_probs: jax.Array | None,
                   params: SamplingParams, steps: _Steps) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-    batch, positions, _ = logits.shape
     z, status = _process(logits, params, steps)
-    p = _softmax(z).reshape(logits.shape)
+    return _accept(key, z, status, logits.shape, draft_ids, draft_probs)
+
+
+@functools.partial(jax.jit, static_argnames="min_keep_on")
+def _verify_chain(key: jax.Array, logits: jax.Array, draft_ids: jax.Array, draft_probs: jax.Array | None,
+                  chain: Chain, min_keep_on: bool) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    z, status = _process_chain(logits, chain, min_keep_on)
+    return _accept(key, z, status, logits.shape, draft_ids, draft_probs)
+
+
+def _accept(key: jax.Array, z: jax.Array, status: jax.Array, shape: tuple[int, ...], draft_ids: jax.Array,
+            draft_probs: jax.Array | None) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    """The acceptance rule on the processed rows ``z`` of the ``(B, K + 1, V)`` target logits."""
+    batch, positions, _ = shape
+    p = _softmax(z).reshape(shape)
     uniform = _uniform_grid(key, batch, positions).astype(p.dtype)
     decision = _acceptance.accept(p, draft_ids, draft_probs, uniform, jnp)
     last = _draw(jnp.log(decision.residual), uniform[:, -1])
@@ -471,6 +484,9 @@ def verify_draft(key: jax.Array, logits: jax.Array, draft_ids: jax.Array, draft_
     and the status of every target position ``(B, K + 1)``.
     """
     params = _acceptance.per_position(params, logits.shape[1], jnp)
+    if isinstance(params, Chain):
+        return _verify_chain(key, logits, jnp.asarray(draft_ids), draft_probs, params,
+                             _maybe_on(params.min_keep, OFF["min_keep"]))
     return _verify_draft(key, logits, jnp.asarray(draft_ids), draft_probs, params, _steps(params))
 
 
@@ -697,10 +713,12 @@ def _logprobs_refined(logits: jax.Array, ids: jax.Array, params: SamplingParams,
 # Chains in any order (`_chain`): whole rows, the chain's kinds static (its pytree structure)
 
 
-def _chain_rows(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The cleaned rows (the traced bad-value policy) and their status."""
+def _chain_rows(logits: jax.Array, chain: Chain, shaped: bool = True) -> tuple[jax.Array, jax.Array]:
+    """The shaped, cleaned rows (the traced bad-value policy) and their status."""
     dtype = _compute_dtype(logits.dtype)
     raw = logits.reshape(-1, logits.shape[-1]).astype(dtype)
+    if shaped and chain.shaping is not None and _shaping.present(chain.shaping):  # static (None fields)
+        raw = _shaping.shape(raw, chain.shaping, logits.shape[:-1], jnp)
     raw_max, has_nan = _max_and_nan(raw)
     return _cleaned(raw, raw_max == jnp.inf, dtype), _status(raw_max, has_nan)
 
@@ -708,7 +726,7 @@ def _chain_rows(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
 @functools.partial(jax.jit, static_argnames=("min_keep_on", "only"))
 def _process_chain(logits: jax.Array, chain: Chain, min_keep_on: bool,
                    only: tuple[str, ...] | None = None) -> _Processed:
-    x, status = _chain_rows(logits)
+    x, status = _chain_rows(logits, chain)
     return _Processed(_chain.run(x, chain, logits.shape[:-1], SEARCHES, jnp, min_keep_on, only), status)
 
 
@@ -725,7 +743,7 @@ def _logprobs_chain(logits: jax.Array, ids: jax.Array, chain: Chain, min_keep_on
                     top_n: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
     z, status = _process_chain(logits, chain, min_keep_on)
     tempered = _process_chain(logits, chain, min_keep_on, ("temperature",)).z
-    x, _ = _chain_rows(logits)
+    x, _ = _chain_rows(logits, chain, shaped=kind == "processed")  # "raw": the logits as given
     fields = _chain.logprobs(x, z, tempered, ids.reshape(-1), kind, lambda values: lax.top_k(values, top_n),
                              jnp)
     batch_shape = logits.shape[:-1]

@@ -662,15 +662,17 @@ def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarr
     return out.reshape(logits.shape), status.reshape(batch_shape)
 
 
-def _chain_rows(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows in compute precision and their status, for a `Chain` (bad rows are reported)."""
+def _chain_rows(logits: np.ndarray, chain: Chain, shaped: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in compute precision, shaped, and their status, for a `Chain` (bad rows are reported)."""
     x = _rows(logits)
+    if shaped and chain.shaping is not None and _shaping.present(chain.shaping):
+        x = _shaping.shape(x, chain.shaping, logits.shape[:-1], np)
     return x, _status(np.max(x, axis=-1))
 
 
 def _process_chain(logits: np.ndarray, chain: Chain,
                    only: tuple[str, ...] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
-    x, status = _chain_rows(logits)
+    x, status = _chain_rows(logits, chain)
     batch_shape = logits.shape[:-1]
     if np.any(status != ROW_OK):
         return None, status.reshape(batch_shape)
@@ -1109,7 +1111,7 @@ def _logprobs_chain(logits: np.ndarray, ids: Any, chain: Chain, kind: str,
         return None, status
     tempered, _ = _process_chain(logits, chain, only=("temperature",))
     vocab = logits.shape[-1]
-    x = _rows(logits)
+    x, _ = _chain_rows(logits, chain, shaped=kind == "processed")  # "raw": the logits as given
     with np.errstate(divide="ignore", invalid="ignore"):
         fields = _chain.logprobs(x, z.reshape(-1, vocab), tempered.reshape(-1, vocab),
                                  np.asarray(ids).reshape(-1).astype(np.int64), kind, _stable_top_n(top_n), np)
