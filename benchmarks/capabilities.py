@@ -16,7 +16,9 @@ reports both medians and their ratio:
   presence penalties over a history of ``HISTORY`` tokens per row) and top-p 0.9, against
   ``sample`` with top-p 0.9 alone: one decode step (goal: at most 1.5x);
 - ``sample`` with each truncation step after min-p alone (typical-p, epsilon, eta, top-n-sigma,
-  XTC, at the values of `STRATEGIES`) against ``sample`` with top-p 0.9 alone.
+  XTC, at the values of `STRATEGIES`) against ``sample`` with top-p 0.9 alone;
+- ``sample`` with a chain (llama.cpp's order, and Hugging Face's, which is the default order)
+  against ``sample`` with the same values as keywords (`CHAIN`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ NUCLEUS = {"top_p": 0.9}
 STRATEGIES = {"typical_p 0.9": {"typical_p": 0.9}, "epsilon 3e-4": {"epsilon": 3e-4},
               "eta 1e-3": {"eta": 1e-3}, "top_n_sigma 1": {"top_n_sigma": 1.0},
               "xtc 0.1 / 0.5": {"xtc_threshold": 0.1, "xtc_probability": 0.5}}
+CHAIN = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}  # llama.cpp's defaults
+PRESETS = {"llama_cpp": smp.presets.llama_cpp, "hf": smp.presets.hf}
 
 
 def _shaping(batch: int, vocab: int) -> dict[str, np.ndarray | float]:
@@ -86,6 +90,10 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
     for name, kw in STRATEGIES.items():
         out.append((f"strategy: {name} / top-p", "numpy",
                     lambda kw=kw: smp.sample(0, step, **kw), lambda: smp.sample(0, step, **NUCLEUS)))
+    for name, preset in PRESETS.items():
+        out.append((f"chain: {name} order / keywords", "numpy",
+                    lambda preset=preset: smp.sample(0, step, params=preset(**CHAIN)),
+                    lambda: smp.sample(0, step, **CHAIN)))
     if harness.installed("jax"):
         import jax
         import jax.numpy as jnp
@@ -116,6 +124,11 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
             out.append((f"strategy: {name} / top-p", "jax (jit)",
                         lambda kw=kw: jax.block_until_ready(smp.sample(key, step_j, **kw)),
                         lambda: jax.block_until_ready(smp.sample(key, step_j, **NUCLEUS))))
+        for name, preset in PRESETS.items():
+            out.append((f"chain: {name} order / keywords", "jax (jit)",
+                        lambda preset=preset: jax.block_until_ready(
+                            smp.sample(key, step_j, params=preset(**CHAIN))),
+                        lambda: jax.block_until_ready(smp.sample(key, step_j, **CHAIN))))
     return out
 
 

@@ -226,3 +226,69 @@ def test_generate_with_a_chain_is_the_plain_loop(eager_backend, penalty):
         ids = np.concatenate([ids, token[:, None]], axis=1)
     np.testing.assert_array_equal(np.asarray(out.ids), ids)
     assert not (ids[:, 3:] == 9).any()
+
+
+def _candidate_rows(vocab: int) -> np.ndarray:
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((4, vocab)) * 3).astype(np.float32)
+    x[1, rng.choice(vocab, 20, replace=False)] = 12.0  # 20 tied tokens in as many blocks at the top
+    x[2, 1000:2000] = x[2].max()  # ties at the maximum over many blocks: greedy's first argmax
+    return x
+
+
+LEADING_TOP_K = {
+    "llama_cpp": smp.presets.llama_cpp(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),
+    "greedy_first": smp.chain(smp.temperature(np.array([0.0, 1.0, 0.0, 2.0])),
+                              smp.top_k(np.array([5, 50, 3, 1])), smp.top_p(0.5), smp.temperature(0.7)),
+    "min_keep": smp.chain(smp.top_k(np.array([3, 10, 1, 40])), smp.temperature(0.6), smp.min_p(0.5),
+                          min_keep=4),
+}
+
+
+@pytest.mark.parametrize("name", list(LEADING_TOP_K))
+def test_a_chain_that_starts_with_top_k_runs_on_candidates(eager_backend, name):
+    """The candidate route (the blocks with the largest maxima) gives the whole-row result, and a
+    batch where some row's top-k set reaches below the candidates falls back to whole rows."""
+    chain = LEADING_TOP_K[name]
+    vocab = 65_536
+    x = _candidate_rows(vocab)
+    route = _route(eager_backend, x, chain)
+    assert route is not None and route.all(), "the test must exercise the candidate route"
+    flat = x.copy()
+    flat[3] = 0.0  # every token tied: no block bound separates the top-k set
+    assert not _route(eager_backend, flat, chain).all()
+    for logits in (x, flat):
+        expected = reference_probs(logits, params=chain)
+        got = np.asarray(smp.probs(eager_backend.array(logits), params=chain))
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
+        draws = eager_backend.array(np.broadcast_to(logits, (8, *logits.shape)))
+        ids = np.asarray(smp.sample(eager_backend.key(1), draws, params=chain))  # (8, 4)
+        assert (expected[np.arange(4)[None, :], ids] > 0).all()
+
+
+def _route(backend, x, chain):
+    """Per row, whether the backend's candidate route serves it (None: not taken at all)."""
+    if backend.name == "numpy":
+        from agnostic_sampling.backends import numpy as module
+
+        cand = module._chain_candidates(x, chain, x.shape[:-1], bool(np.any(np.asarray(chain.min_keep) != 1)))
+    else:
+        import jax.numpy as jnp
+
+        from agnostic_sampling.backends import jax as module
+
+        cand = module._chain_candidates(jnp.asarray(x), chain, bool(np.any(np.asarray(chain.min_keep) != 1)))
+    return None if cand is None else np.asarray(cand.exact)
+
+
+def test_candidate_route_draws_follow_reference(eager_backend, seed):
+    pytest.importorskip("scipy")
+    from agnostic_sampling.stats import assert_samples_match
+
+    chain = smp.chain(smp.top_k(6), smp.temperature(1.5), smp.top_p(0.9))
+    row = _candidate_rows(8192)[0]
+    assert _route(eager_backend, row[None], chain).all()
+    n = 7_000  # 6 cells at most: detects TV 0.05 at power 0.99 at the default level (checked)
+    ids = smp.sample(eager_backend.key(seed), eager_backend.array(np.broadcast_to(row, (n, row.size))),
+                     params=chain)
+    assert_samples_match(np.asarray(ids), reference_probs(row, params=chain), seed=seed, tv=0.05)

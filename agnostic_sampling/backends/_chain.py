@@ -6,6 +6,12 @@ every truncation step (the ``min_keep`` highest logits of the set received, ties
 its most typical). A ``temperature`` step of ``0`` (or under the traced policy, any temperature
 that is not a normal positive float32) makes the row greedy on the first maximum of the row as
 it stands; later steps keep that one token. The searches are the backend's (`Searches`).
+
+A chain whose first truncation is top-k (only temperatures before it) can run on *candidates*:
+the blocks of the row with the largest maxima, every other token at most ``bound``. Top-k keeps
+an upper set whatever the temperature, and every later step reads only the set it receives, so
+the chain run on the candidates is the chain run on the row wherever the top-k set lies above
+``bound`` (`run_candidates` says where); the backends run whole rows elsewhere.
 """
 
 from __future__ import annotations
@@ -110,6 +116,36 @@ def run(z: Any, chain: Chain, batch_shape: tuple[int, ...], searches: Searches, 
         if only is None or step.kind in only:
             z = _step(z, step.kind, step.values, batch_shape, min_keep, searches, xp)
     return z - _top(z, xp)[:, None]
+
+
+def leading_top_k(chain: Chain) -> int | None:
+    """The index of ``chain``'s first truncation step if it is top-k (temperatures before it), else None."""
+    for i, step in enumerate(chain.steps):
+        if step.kind == "top_k":
+            return i
+        if step.kind != "temperature":
+            return None
+    return None
+
+
+def run_candidates(x: Any, bound: Any, chain: Chain, batch_shape: tuple[int, ...], searches: Searches,
+                   xp: Any, min_keep_on: bool) -> tuple[Any, Any]:
+    """`run` on candidate rows ``x`` ``(N, C)``, and per row whether that is the row's result.
+
+    ``x`` holds cleaned logits of tokens in vocabulary order, every token outside them at most
+    ``bound`` ``(N,)``; ``chain`` starts with temperatures and a top-k (`leading_top_k`). Exact
+    where top-k is on and the ``max(k, min_keep)``-th largest candidate lies above ``bound``: the
+    top-k set, its ties and the row's first maximum (for a greedy temperature before it) are
+    then candidates.
+    """
+    first = leading_top_k(chain)
+    k = xp.maximum(_column(chain.steps[first].values[0], "top_k", batch_shape, np.int32, xp), 0)
+    n = k
+    if min_keep_on:
+        n = xp.maximum(k, xp.maximum(_column(chain.min_keep, "min_keep", batch_shape, np.int32, xp), 1))
+    top = _top(x, xp)
+    kth = searches.nth_largest(x - top[:, None], n) + top
+    return run(x, chain, batch_shape, searches, xp, min_keep_on), (k > 0) & (kth > bound)
 
 
 def logprobs(x: Any, z: Any, tempered: Any, ids: Any, kind: str, top_n_of: Any,

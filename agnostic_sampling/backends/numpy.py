@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
@@ -678,8 +679,62 @@ def _process_chain(logits: np.ndarray, chain: Chain,
         return None, status.reshape(batch_shape)
     min_keep_on = bool(np.any(np.asarray(chain.min_keep) != 1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        z = _chain.run(x, chain, batch_shape, _strategies.NUMPY_SEARCHES, np, min_keep_on, only)
+        cand = None if only is not None else _chain_candidates(x, chain, batch_shape, min_keep_on)
+        if cand is None or not cand.exact.all():
+            z = _chain.run(x, chain, batch_shape, _strategies.NUMPY_SEARCHES, np, min_keep_on, only)
+        else:
+            z = np.full(x.shape, -np.inf, cand.z.dtype)
+            inside = cand.index < x.shape[1]
+            z[np.nonzero(inside)[0], cand.index[inside]] = cand.z[inside]
     return z.astype(x.dtype, copy=False).reshape(logits.shape), status.reshape(batch_shape)
+
+
+class _ChainCandidates(NamedTuple):
+    z: np.ndarray  # (N, W) the chain's result on the candidates (-inf on padding)
+    exact: np.ndarray  # (N,) whether that is the row's result
+    index: np.ndarray  # (N, W) the candidates' token ids (V: padding)
+
+
+def _chain_candidates(x: np.ndarray, chain: Chain, batch_shape: tuple[int, ...],
+                      min_keep_on: bool) -> _ChainCandidates | None:
+    """The chain on its leading top-k set, found in the blocks with the largest maxima.
+
+    ``n = max(k, min_keep)`` tokens lie in at most ``n`` blocks, so the ``n + 1`` blocks with the
+    largest maxima hold them unless ties reach below (`_chain.run_candidates` tells); the tokens at
+    or above each row's ``n``-th largest are packed, in vocabulary order, and the chain runs on
+    them. None when the chain does not start with top-k or the blocks would cover the rows.
+    """
+    first = _chain.leading_top_k(chain)
+    if first is None:
+        return None
+    def column(value: Any) -> np.ndarray:
+        return np.broadcast_to(np.asarray(value), batch_shape).reshape(-1).astype(np.int64)
+
+    k = column(chain.steps[first].values[0])
+    n = np.maximum(np.maximum(k, column(chain.min_keep)) if min_keep_on else k, 1)
+    n_max = int(n.max())
+    blocks, bound = _choose_blocks(_block_maxima(x), n_max + 1)
+    if blocks is None or n_max >= x.shape[1]:
+        return None
+    blocks = np.sort(blocks, axis=-1)  # vocabulary order: the first maximum comes first
+    rows = np.arange(x.shape[0])
+    values = _gather(x, rows, blocks)
+    width = values.shape[1]
+    kth = np.empty(rows.size, values.dtype)
+    for count in np.unique(n):  # the n-th largest by partition, one per distinct n (usually one)
+        at = n == count
+        kth[at] = np.partition(values[at], width - count, axis=-1)[:, width - count]
+    keep = values >= kth[:, None]
+    sizes = keep.sum(axis=-1)
+    slot = np.cumsum(keep, axis=-1) - 1  # each kept token's place in its packed row, in order
+    packed = np.full((rows.size, int(sizes.max())), -np.inf, values.dtype)
+    index = np.full(packed.shape, x.shape[1], np.int64)
+    kept_rows, kept_at = np.nonzero(keep)
+    packed[kept_rows, slot[kept_rows, kept_at]] = values[kept_rows, kept_at]
+    index[kept_rows, slot[kept_rows, kept_at]] = blocks[kept_rows, kept_at // BLOCK] * BLOCK + kept_at % BLOCK
+    z, exact = _chain.run_candidates(packed, bound, chain, batch_shape, _strategies.NUMPY_SEARCHES, np,
+                                     min_keep_on)
+    return _ChainCandidates(z, exact & (kth > bound) & (k > 0), index)
 
 
 def _refined(z: np.ndarray, params: SamplingParams, batch_shape: tuple[int, ...]) -> np.ndarray:
@@ -734,6 +789,17 @@ def _sample_refined(key: np.random.Generator | SeedWords, logits: np.ndarray,
     batch_shape = logits.shape[:-1]
     n_rows = int(np.prod(batch_shape, dtype=np.int64))
     uniform = uniforms(key, batch_shape, np).reshape(-1) if isinstance(key, SeedWords) else key.random(n_rows)
+    if isinstance(params, Chain):  # a chain that starts with top-k draws from its candidates
+        x, status = _chain_rows(logits, params)
+        min_keep_on = bool(np.any(np.asarray(params.min_keep) != 1))
+        cand = None
+        if np.all(status == ROW_OK):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                cand = _chain_candidates(x, params, batch_shape, min_keep_on)
+        if cand is not None and cand.exact.all():
+            at = _draw_by_blocks(np.exp(cand.z), uniform.astype(np.float64))
+            return np.take_along_axis(cand.index, at[:, None], -1)[:, 0].reshape(batch_shape), \
+                status.reshape(batch_shape)
     z, status = process_logits(logits, params)
     if z is None:
         return None, status
