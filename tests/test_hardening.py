@@ -295,3 +295,24 @@ def test_sampling_params_keep_eager_errors_and_import_no_jax():
             smp.sample(0, LOGITS, params=smp.SamplingParams(temperature=value))
     with pytest.raises(ValueError, match=r"top_k must be an integer, got 2\.5"):
         smp.sample(0, LOGITS, params=smp.SamplingParams(top_k=2.5))
+
+
+@pytest.mark.parametrize("vocab", [40, 8192])
+def test_an_all_greedy_batch_is_the_argmax_under_jit(vocab):
+    """A traced all-greedy batch takes `greedy`'s pass alone; one non-greedy row takes the pipeline,
+    and both agree with `greedy` on the greedy rows (ties to the first index, NaN ignored, -1 for a
+    row with no finite logit, +inf rows at their first +inf)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x = np.random.default_rng(3).standard_normal((5, vocab)).astype(np.float32)
+    x[1, [7, 3]] = 9.0  # a tie: the first index, 3
+    x[2, 0] = np.nan
+    x[3] = -np.inf
+    x[4, [5, 2]] = np.inf
+    draw = jax.jit(lambda key, x, t: smp.sample(key, x, temperature=t))
+    expected = np.asarray(jax.jit(smp.greedy)(jnp.asarray(x)))  # traced: the documented values
+    assert expected.tolist()[1:] == [3, int(np.nanargmax(x[2])), -1, 2]
+    for temperature in (np.zeros(5), np.array([0, 1e-40, -1, np.nan, np.inf]), np.array([0, 0, 0, 0, 1.0])):
+        ids = np.asarray(draw(jax.random.key(0), jnp.asarray(x), jnp.asarray(temperature, jnp.float32)))
+        greedy = ~(temperature >= np.finfo(np.float32).tiny) | ~np.isfinite(temperature)
+        np.testing.assert_array_equal(ids[greedy], expected[greedy])

@@ -380,6 +380,16 @@ def _probs(logits: jax.Array, params: SamplingParams, steps: _Steps) -> tuple[ja
 @functools.partial(jax.jit, static_argnames="steps")
 def _sample(key: jax.Array, logits: jax.Array, params: SamplingParams,
             steps: _Steps) -> tuple[jax.Array, jax.Array]:
+    if not steps.temperature or _shaping.present(params):
+        return _sample_rows(key, logits, params, steps)
+    # Every row greedy (a traced condition): the argmax alone, as cheap as `greedy`.
+    t = _per_row(params, "temperature", logits.shape[:-1], _compute_dtype(logits.dtype))
+    all_greedy = jnp.all(~(t >= np.finfo(np.float32).tiny) | ~jnp.isfinite(t))
+    return lax.cond(all_greedy, lambda: _greedy(logits), lambda: _sample_rows(key, logits, params, steps))
+
+
+def _sample_rows(key: jax.Array, logits: jax.Array, params: SamplingParams,
+                 steps: _Steps) -> tuple[jax.Array, jax.Array]:
     if _strategies.present(params):  # the steps after min-p need whole rows
         z, status = _process(logits, params, steps)
         ids = _draw(z, _uniform(key, logits.shape[:-1], z.dtype))
