@@ -27,6 +27,8 @@ from agnostic_sampling._chain import top_n_sigma
 from agnostic_sampling._chain import top_p
 from agnostic_sampling._chain import typical_p
 from agnostic_sampling._chain import xtc
+from agnostic_sampling._mirostat import MirostatResult
+from agnostic_sampling._mirostat import mirostat
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._seed import Seed
 from agnostic_sampling._speculative import DraftVerification
@@ -42,6 +44,7 @@ __all__ = [
     "DraftVerification",
     "GenerateResult",
     "LogprobsResult",
+    "MirostatResult",
     "SamplingParams",
     "Seed",
     "Step",
@@ -53,6 +56,7 @@ __all__ = [
     "greedy",
     "logprobs",
     "min_p",
+    "mirostat",
     "presets",
     "probs",
     "process_logits",

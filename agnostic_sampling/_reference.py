@@ -23,7 +23,7 @@ from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
 
-__all__ = ["reference_logprobs", "reference_probs"]
+__all__ = ["reference_logprobs", "reference_mirostat", "reference_probs"]
 
 
 class _Settings(NamedTuple):
@@ -467,3 +467,47 @@ def _chain_logprobs(logits: Any, ids: Any, chain: Chain, kind: str, top_n: int) 
     dtypes = (np.float64, np.int64, np.int64, np.float64, np.float64, np.int64)
     return LogprobsResult(*(np.asarray(f, d).reshape(shape) for f, d, shape in zip(fields, dtypes, shapes,
                                                                                    strict=True)))
+
+
+def reference_mirostat(logits: Any, ids: Any, mu: Any, *, tau: Any, eta: Any,
+                       temperature: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mirostat v2 in plain float64: each row's distribution at state ``mu``, and the next state.
+
+    Per row, written from llama.cpp's definition rather than through the epsilon step: ``q`` the
+    softmax of the tempered logits (one-hot on the first maximum at temperature 0); keep the
+    tokens of surprise ``-log2 q <= mu`` (the most probable ones if none); renormalise to ``p``;
+    the next state is ``mu - eta * (-log2 p[id] - tau)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from agnostic_sampling.stats import reference_mirostat
+        >>> p, mu = reference_mirostat(np.log([0.5, 0.3, 0.15, 0.05]), 1, 2.0, tau=1.5, eta=0.1)
+        >>> p.round(3).tolist(), round(float(mu), 4)
+        ([0.625, 0.375, 0.0, 0.0], 2.0085)
+    """
+    x = np.asarray(logits)
+    x = (x.astype(np.float32) if x.dtype.name == "bfloat16" else x).astype(np.float64)
+    batch_shape = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-1])
+
+    def per_row(value: Any) -> np.ndarray:
+        return np.broadcast_to(np.asarray(value, np.float64), batch_shape).reshape(-1)
+
+    ids, mu, tau, eta, temperature = (per_row(v) for v in (ids, mu, tau, eta, temperature))
+    probs = np.zeros_like(rows)
+    next_mu = np.empty(rows.shape[0])
+    for i, row in enumerate(rows):
+        if temperature[i] < np.finfo(np.float32).tiny:
+            q = (np.arange(row.size) == np.argmax(row)).astype(np.float64)
+        else:
+            z = (row - row.max()) / temperature[i]
+            q = np.exp(z - _logsumexp(z))
+        with np.errstate(divide="ignore"):
+            surprise = -np.log2(q)
+        kept = surprise <= mu[i]
+        if not kept.any():
+            kept = q == q.max()
+        probs[i] = np.where(kept, q, 0) / q[kept].sum()
+        with np.errstate(divide="ignore"):  # an id outside the kept set: surprise inf
+            next_mu[i] = mu[i] - eta[i] * (-np.log2(probs[i][int(ids[i])]) - tau[i])
+    return probs.reshape(x.shape), next_mu.reshape(batch_shape)

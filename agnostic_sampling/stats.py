@@ -2,7 +2,8 @@
 
 `reference_probs` is the oracle: the pipeline of the README's "Semantics" section in float64,
 one row at a time, sort-based and written for clarity. It shares no code with the fast backends.
-`reference_logprobs` is its counterpart for `agnostic_sampling.logprobs`.
+`reference_logprobs` is its counterpart for `agnostic_sampling.logprobs`, `reference_mirostat` for
+`agnostic_sampling.mirostat` (one step: the distribution and the next state).
 
 The rest checks that draws come from a distribution. `chisquare_gof` is Pearson's test on cells
 pooled from the expected probabilities and the sample count only (pooling on the observed counts
@@ -31,6 +32,7 @@ import numpy as np
 
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._reference import reference_logprobs
+from agnostic_sampling._reference import reference_mirostat
 from agnostic_sampling._reference import reference_probs
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "chisquare_gof",
     "detectable_tv",
     "reference_logprobs",
+    "reference_mirostat",
     "reference_probs",
     "required_samples",
 ]

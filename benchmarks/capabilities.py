@@ -16,7 +16,8 @@ reports both medians and their ratio:
   presence penalties over a history of ``HISTORY`` tokens per row) and top-p 0.9, against
   ``sample`` with top-p 0.9 alone: one decode step (goal: at most 1.5x);
 - ``sample`` with each truncation step after min-p alone (typical-p, epsilon, eta, top-n-sigma,
-  XTC, at the values of `STRATEGIES`) against ``sample`` with top-p 0.9 alone;
+  XTC, at the values of `STRATEGIES`) and `mirostat` (tau 5, state 10 bits) against ``sample``
+  with top-p 0.9 alone;
 - ``sample`` with a chain (llama.cpp's order, and Hugging Face's, which is the default order)
   against ``sample`` with the same values as keywords (`CHAIN`).
 """
@@ -90,6 +91,9 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
     for name, kw in STRATEGIES.items():
         out.append((f"strategy: {name} / top-p", "numpy",
                     lambda kw=kw: smp.sample(0, step, **kw), lambda: smp.sample(0, step, **NUCLEUS)))
+    out.append(("strategy: mirostat v2 tau 5 / top-p", "numpy",
+                lambda: smp.mirostat(0, step, np.full(batch, 10.0), tau=5.0, eta=0.1),
+                lambda: smp.sample(0, step, **NUCLEUS)))
     for name, preset in PRESETS.items():
         out.append((f"chain: {name} order / keywords", "numpy",
                     lambda preset=preset: smp.sample(0, step, params=preset(**CHAIN)),
@@ -124,6 +128,10 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
             out.append((f"strategy: {name} / top-p", "jax (jit)",
                         lambda kw=kw: jax.block_until_ready(smp.sample(key, step_j, **kw)),
                         lambda: jax.block_until_ready(smp.sample(key, step_j, **NUCLEUS))))
+        mu_j = jnp.full(batch, 10.0)
+        out.append(("strategy: mirostat v2 tau 5 / top-p", "jax (jit)",
+                    lambda: jax.block_until_ready(smp.mirostat(key, step_j, mu_j, tau=5.0, eta=0.1)),
+                    lambda: jax.block_until_ready(smp.sample(key, step_j, **NUCLEUS))))
         for name, preset in PRESETS.items():
             out.append((f"chain: {name} order / keywords", "jax (jit)",
                         lambda preset=preset: jax.block_until_ready(
