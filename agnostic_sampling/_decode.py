@@ -33,6 +33,7 @@ class Request(NamedTuple):
     shaping: LoopShaping | None  # bias, penalties and min_tokens, applied by the loop; None: none given
     shaping_params: SamplingParams  # the full parameters, for `shape_step`
     min_tokens: Any  # (B,) ints, or None
+    mirostat: Any = None  # (tau, eta), each (B,), or None: the truncation steps
 
 
 def wrong_shape(what: str, got: tuple[int, ...], expected: str, fed: str) -> ValueError:

@@ -20,6 +20,8 @@ from agnostic_sampling._checks import check_logits
 from agnostic_sampling._decode import Request
 from agnostic_sampling._decode import check_top_logprobs
 from agnostic_sampling._decode import wrong_shape
+from agnostic_sampling._mirostat import next_mu
+from agnostic_sampling._mirostat import with_bound
 from agnostic_sampling._params import FIELDS
 from agnostic_sampling._params import OFF
 from agnostic_sampling._params import SamplingParams
@@ -53,6 +55,8 @@ def run(request: Request, fn: Any, *, stateful: bool, state: Any,
         return _decoder(request.key, request.prompt.astype(jnp.int32), request.lengths,
                         _per_row(request.params, batch), _per_row(request.shaping_params, batch)
                         if shaping is not None else None, min_tokens, jnp.int32(request.pad_id), state,
+                        None if request.mirostat is None else tuple(jnp.asarray(v, jnp.float32)
+                                                                    for v in request.mirostat),
                         fn=fn, stateful=stateful, max_new_tokens=request.max_new_tokens, window=window,
                         kind=request.logprob_kind, top_n=request.top_logprobs, eos_ids=request.eos_ids,
                         shaping=shaping)
@@ -112,7 +116,8 @@ def _precision(logits: Any) -> Any:
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,  # noqa: C901
-             shaping_params: SamplingParams | None, min_tokens: Any, pad: Any, state: Any, *, fn: Any,
+             shaping_params: SamplingParams | None, min_tokens: Any, pad: Any, state: Any, mirostat: Any, *,
+             fn: Any,
              stateful: bool, max_new_tokens: int, window: int, kind: str | None, top_n: int,
              eos_ids: tuple[int, ...],
              shaping: LoopShaping | None) -> tuple[Any, ...]:
@@ -143,7 +148,7 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,  # noq
         return logits, state
 
     def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        t, ids, logprobs, top_ids, top_logprobs, finished, generated, calls, state, counts = carry
+        t, ids, logprobs, top_ids, top_logprobs, finished, generated, calls, state, counts, mu = carry
         logits, state = logits_at(t, ids, state)
         taking = ~finished & (lengths <= t + 1)
         if shaping is not None:
@@ -156,23 +161,30 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,  # noq
             if shaping is not None:  # bias, penalties, sequence bans, min_tokens: the loop's
                 shaped = shape_step(shaping, logits.astype(_precision(logits)), counts, generated, min_tokens,
                                     shaping_params, jnp, ids, t)
-            tokens, _ = backend.sample(step_key, shaped, params)
-            if kind is None:
-                return tokens, *skip()[1:]
+            step_params = params if mu is None else with_bound(params, mu, jnp)
+            tokens, _ = backend.sample(step_key, shaped, step_params)
             # a bad row's -1 clipped into the vocabulary (its log-probabilities are NaN anyway)
             valid = jnp.clip(tokens, 0, logits.shape[-1] - 1)
+            moved = mu
+            if mu is not None:  # the state moves by the drawn token's surprise
+                (surprise, *_), _ = backend.logprobs(shaped, valid, step_params, "processed", 0)
+                moved = jnp.where(taking, next_mu(mu, surprise.astype(jnp.float32), *mirostat), mu)
+            if kind is None:
+                return tokens, *skip()[1:4], moved
             source = logits if kind == "raw" else shaped  # raw: the model's own distribution
-            (token, _, drawn_ids, drawn_top, _, _), _ = backend.logprobs(source, valid, params, kind, top_n)
+            fields, _ = backend.logprobs(source, valid, step_params, kind, top_n)
+            token, _, drawn_ids, drawn_top, _, _ = fields
             f32 = jnp.float32
-            return tokens, token.astype(f32), drawn_ids.astype(jnp.int32), drawn_top.astype(f32)
+            return tokens, token.astype(f32), drawn_ids.astype(jnp.int32), drawn_top.astype(f32), moved
 
         def skip() -> tuple[Any, ...]:
             return (jnp.zeros(batch, jnp.int32), jnp.zeros(batch, jnp.float32),
-                    jnp.full((batch, top_n), -1, jnp.int32), jnp.full((batch, top_n), -jnp.inf, jnp.float32))
+                    jnp.full((batch, top_n), -1, jnp.int32), jnp.full((batch, top_n), -jnp.inf, jnp.float32),
+                    mu)
 
         # positions where every row is still reading its prompt (all of a step's prefill) or
         # has finished need no draw: skip the sampling pipeline there
-        tokens, drawn_logprobs, drawn_ids, drawn_top = lax.cond(jnp.any(taking), draw, skip)
+        tokens, drawn_logprobs, drawn_ids, drawn_top, mu = lax.cond(jnp.any(taking), draw, skip)
         column = jnp.where(taking, tokens, lax.dynamic_index_in_dim(ids, t + 1, axis=1, keepdims=False))
         ids = lax.dynamic_update_index_in_dim(ids, column, t + 1, axis=1)
         if logprobs is not None:
@@ -188,7 +200,7 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,  # noq
         if eos_ids:
             stopped = stopped | jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
         finished = finished | (taking & stopped)
-        return t + 1, ids, logprobs, top_ids, top_logprobs, finished, generated, calls + 1, state, counts
+        return t + 1, ids, logprobs, top_ids, top_logprobs, finished, generated, calls + 1, state, counts, mu
 
     def cond(carry: tuple[Any, ...]) -> Any:
         t, finished = carry[0], carry[5]
@@ -200,6 +212,7 @@ def _decoder(key: Any, prompt: Any, lengths: Any, params: SamplingParams,  # noq
         vocab = jax.eval_shape(lambda: logits_at(first, ids, state)[0]).shape[-1]
         counts = initial_counts(shaping, ids, lengths, first, vocab, jnp)
     carry = (first, ids, logprobs, top_ids, top_logprobs, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.int32),
-             jnp.int32(0), state, counts)
-    _, ids, logprobs, top_ids, top_logprobs, _, generated, calls, state, _ = lax.while_loop(cond, body, carry)
+             jnp.int32(0), state, counts, None if mirostat is None else 2 * mirostat[0])
+    out = lax.while_loop(cond, body, carry)
+    _, ids, logprobs, top_ids, top_logprobs, _, generated, calls, state, _, _ = out
     return ids, generated, logprobs, calls, state if stateful else None, top_ids, top_logprobs

@@ -4,11 +4,13 @@ Per row, with state ``mu`` (in bits): keep the tokens of surprise ``-log2 q <= m
 tempered distribution ``q`` (the top token(s) when none is), draw from them renormalised, then
 move ``mu`` by ``eta * (tau - s)``, ``s`` the drawn token's surprise under that renormalised
 distribution: llama.cpp's ``mirostat_v2`` sampler. The truncation is the epsilon step with
-``epsilon = min(2 ** -mu, 1)``; the surprise is `logprobs`' processed log-probability.
+``epsilon = min(2 ** -mu, 1)``; the surprise is `logprobs`' processed log-probability. The decode
+loops use the same pieces (`with_bound`, `next_mu`) with ``mirostat=(tau, eta)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from typing import NamedTuple
 
@@ -16,8 +18,10 @@ import numpy as np
 
 from agnostic_sampling import _api
 from agnostic_sampling._dispatch import is_tracer
+from agnostic_sampling._params import FIELDS
+from agnostic_sampling._params import SamplingParams
 
-__all__ = ["MirostatResult", "mirostat"]
+__all__ = ["MirostatResult", "bound", "loop_options", "mirostat", "next_mu", "with_bound"]
 
 
 class MirostatResult(NamedTuple):
@@ -75,9 +79,48 @@ def mirostat(key: Any, logits: Any, mu: Any = None, *, tau: Any = 5.0, eta: Any 
     module, array = _api._prepare(logits, backend)
     xp = np if module.__name__.endswith("numpy") else module.jnp
     mu = xp.asarray(mu)
-    # 2 ** -mu as the epsilon step's bound: 1 (the top token(s)) once mu is below 0 or NaN
-    bound = xp.where(mu >= 0, xp.exp2(-xp.where(mu >= 0, mu, 0)), 1.0)
-    ids = _api.sample(key, array, temperature=temperature, epsilon=bound, backend=backend)
-    drawn = _api.logprobs(array, ids, temperature=temperature, epsilon=bound, backend=backend)
-    surprise = -drawn.token / np.log(2)
-    return MirostatResult(ids, mu - eta * (surprise - tau))
+    epsilon = bound(mu, xp)
+    ids = _api.sample(key, array, temperature=temperature, epsilon=epsilon, backend=backend)
+    drawn = _api.logprobs(array, ids, temperature=temperature, epsilon=epsilon, backend=backend)
+    return MirostatResult(ids, next_mu(mu, drawn.token, tau, eta))
+
+
+def bound(mu: Any, xp: Any) -> Any:
+    """``2 ** -mu``, the epsilon step's bound: 1 (the top token(s)) once ``mu`` is below 0 or NaN."""
+    return xp.where(mu >= 0, xp.exp2(-xp.where(mu >= 0, mu, 0)), 1.0)
+
+
+def next_mu(mu: Any, token_logprob: Any, tau: Any, eta: Any) -> Any:
+    """The state after a draw whose processed log-probability (natural log) is ``token_logprob``."""
+    return mu - eta * (-token_logprob / np.log(2) - tau)
+
+
+def with_bound(params: SamplingParams, mu: Any, xp: Any) -> SamplingParams:
+    """``params`` with the epsilon step at ``bound(mu)``, built field by field (traced values pass)."""
+    out = object.__new__(SamplingParams)
+    for field in dataclasses.fields(SamplingParams):
+        object.__setattr__(out, field.name, getattr(params, field.name))
+    object.__setattr__(out, "epsilon", bound(mu, xp))
+    return out
+
+
+def loop_options(value: Any, params: Any, batch: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The decode loops' ``mirostat=(tau, eta)`` as ``(B,)`` float arrays, checked (None: off)."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError(f"mirostat must be a tuple (tau, eta), got {value!r}")
+    if not isinstance(params, SamplingParams):
+        raise TypeError("mirostat replaces the truncation steps: it takes the keywords, not a chain")
+    steps = [name for name in FIELDS
+             if name not in ("temperature", "min_keep") and getattr(params, name) is not None]
+    if steps:
+        raise ValueError(f"mirostat replaces the truncation steps (as in llama.cpp, only temperature and the "
+                         f"logit shaping apply with it); got {', '.join(steps)}")
+    tau, eta = value
+    _check("tau", tau, "a finite number >= 0", lambda a: np.isfinite(a) & (a >= 0))
+    _check("eta", eta, "a finite number >= 0", lambda a: np.isfinite(a) & (a >= 0))
+    try:
+        return tuple(np.broadcast_to(np.asarray(v, np.float64), (batch,)).copy() for v in (tau, eta))
+    except ValueError:
+        raise ValueError(f"mirostat's tau and eta must be scalars or one per prompt row ({batch},)") from None

@@ -52,6 +52,9 @@ from agnostic_sampling._decode import check_top_logprobs
 from agnostic_sampling._decode import wrong_shape
 from agnostic_sampling._dispatch import is_tracer
 from agnostic_sampling._keys import as_backend_key
+from agnostic_sampling._mirostat import loop_options
+from agnostic_sampling._mirostat import next_mu
+from agnostic_sampling._mirostat import with_bound
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling._params import resolve_params
 from agnostic_sampling._params import validate_params
@@ -139,6 +142,7 @@ def generate(
     penalty_scope: str | None = None,
     penalty_window: int | None = None,
     min_tokens: Any = None,
+    mirostat: tuple[Any, Any] | None = None,
     params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> GenerateResult:
@@ -212,6 +216,9 @@ def generate(
             tokens.
         min_tokens: the EOS ids (``eos_id``) are banned until a row has generated this many
             tokens; a scalar or ``(B,)`` integers ``>= 0``; needs ``eos_id``.
+        mirostat: ``(tau, eta)`` (scalars or ``(B,)``): draw each token by `mirostat` instead of
+            the truncation steps (temperature and the shaping still apply), each row's state
+            starting at ``2 * tau`` and carried from position to position.
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``prompt``.
 
     Returns:
@@ -237,7 +244,7 @@ def generate(
         ([[0, 1, 2, 3, -1], [2, 3, -1, -1, -1]], [2, 1])
     """
     request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-                       top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens,
+                       top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens, mirostat,
                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
                        typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma,
                        xtc_threshold=xtc_threshold, xtc_probability=xtc_probability,
@@ -290,6 +297,7 @@ def generate_with_state(
     penalty_scope: str | None = None,
     penalty_window: int | None = None,
     min_tokens: Any = None,
+    mirostat: tuple[Any, Any] | None = None,
     params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> GenerateResult:
@@ -336,7 +344,7 @@ def generate_with_state(
         ([[0, 1, 2, 3, 0]], 3)
     """
     request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
-                       top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens,
+                       top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens, mirostat,
                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
                        typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma,
                        xtc_threshold=xtc_threshold, xtc_probability=xtc_probability,
@@ -395,7 +403,8 @@ def _logprob_options(return_logprobs: Any, top_logprobs: Any) -> tuple[str | Non
 
 def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, prompt_lengths: Any,
              return_logprobs: Any, top_logprobs: Any, backend: str | None, params: SamplingParams | None,
-             penalty_scope: Any, penalty_window: Any, min_tokens: Any, **keywords: Any) -> Request:
+             penalty_scope: Any, penalty_window: Any, min_tokens: Any, mirostat: Any,
+             **keywords: Any) -> Request:
     """Validate everything that can be checked before the loop, and pick the backend once.
 
     The sampling parameters are validated here against the batch shape ``(B,)``, and the key is
@@ -442,8 +451,9 @@ def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: An
         loop_params = chain if shaping is None else dataclasses.replace(chain, shaping=None)
     else:
         loop_params = resolved if shaping is None else sampling_params(resolved)
+    options = loop_options(mirostat, chain if chain is not None else resolved, batch)
     return Request(name, rng, prompt, lengths, max_new_tokens, eos_ids, pad_id, kind, top_n, loop_params,
-                   shaping, resolved, min_tokens)
+                   shaping, resolved, min_tokens, options)
 
 
 def _eos_ids(eos_id: Any) -> tuple[int, ...]:
@@ -539,6 +549,7 @@ class _NumpyLoop:
         self.step, self.state = step, state
         self.vocab: int | None = None
         self.counts: Counts | None = None  # the penalties' counts, once the vocabulary is known
+        self.mu = None if request.mirostat is None else 2 * request.mirostat[0]  # mirostat's states
 
     def logits_at(self, t: int, ids: np.ndarray) -> np.ndarray:
         """The logits of position ``t + 1`` for every row, ``(B, V)``."""
@@ -562,8 +573,8 @@ class _NumpyLoop:
         self.vocab = shape[-1]
         return logits
 
-    def draw(self, t: int, logits: np.ndarray, generated: np.ndarray,
-             ids: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+    def draw(self, t: int, logits: np.ndarray, generated: np.ndarray, ids: np.ndarray,
+             taking: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """One token per row from the logits of position ``t + 1``.
 
         And when asked, its log-probability, top ids and top log-probabilities; bad logits are
@@ -578,8 +589,12 @@ class _NumpyLoop:
                 logits = shape_step(request.shaping, logits.astype(precision, copy=False), self.counts,
                                     generated, request.min_tokens, request.shaping_params, np, ids, t)
             key = advance(request.key, t + 1, np) if isinstance(request.key, SeedWords) else request.key
-            tokens, status = numpy_backend.sample(key, logits, request.params)
+            params = request.params if request.mirostat is None else with_bound(request.params, self.mu, np)
+            tokens, status = numpy_backend.sample(key, logits, params)
             raise_bad_rows(status, logits.shape)
+            if request.mirostat is not None:  # the state moves by the token's surprise where it was drawn
+                (surprise, *_), _ = numpy_backend.logprobs(logits, tokens, params, "processed", 0)
+                self.mu = np.where(taking, next_mu(self.mu, surprise, *request.mirostat), self.mu)
         except ValueError as error:
             raise ValueError(f"the logits for position {t + 1} (fed through position {t}): "
                              f"{error}") from error
@@ -588,8 +603,7 @@ class _NumpyLoop:
         # rows checked above, so the fields are there
         # "raw" is the model's own distribution; "processed" the one the token was drawn from
         source = model_logits if request.logprob_kind == "raw" else logits
-        fields, _ = numpy_backend.logprobs(source, tokens, request.params, request.logprob_kind,
-                                           request.top_logprobs)
+        fields, _ = numpy_backend.logprobs(source, tokens, params, request.logprob_kind, request.top_logprobs)
         token, _, top_ids, top_logprobs, _, _ = fields
         return tokens, (token, top_ids, top_logprobs)
 
@@ -621,7 +635,7 @@ class _NumpyLoop:
             taking = ~finished & (request.lengths <= t + 1)
             if not taking.any():
                 continue  # every row is reading its prompt (a step's prefill) or has finished
-            tokens, drawn = self.draw(t, logits, generated, ids)
+            tokens, drawn = self.draw(t, logits, generated, ids, taking)
             ids[taking, t + 1] = tokens[taking]
             if drawn is not None:
                 token, drawn_ids, drawn_top = drawn

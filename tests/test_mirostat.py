@@ -113,3 +113,42 @@ def test_default_state_and_arrays_untouched(eager_backend):
     np.testing.assert_array_equal(np.asarray(default.ids), ids)
     np.testing.assert_array_equal(np.asarray(logits), LOGITS)
     np.testing.assert_array_equal(mu, 5.0)
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_the_decode_loops_carry_the_state(eager_backend, stateful):
+    """`generate` with ``mirostat=(tau, eta)`` equals `mirostat` called by hand at every position."""
+    table = (np.random.default_rng(9).standard_normal((V, V)) * 2).astype(np.float32)
+    table_b = eager_backend.array(table)
+    prompt = np.array([[1, 2], [3, 4], [5, 6]])
+    tau, eta = np.array([1.0, 2.5, 4.0]), 0.3
+    common = dict(max_new_tokens=6, mirostat=(tau, eta), temperature=0.9, banned=np.arange(V) == 7,
+                  return_logprobs=True)
+    if stateful:
+        out = smp.generate_with_state(smp.Seed(4, 0), lambda s, ids: (table_b[ids], s), 0,
+                                      eager_backend.array(prompt), **common)
+    else:
+        out = smp.generate(smp.Seed(4, 0), lambda ids: table_b[ids], eager_backend.array(prompt), **common)
+    ids, mu = prompt.copy(), 2 * tau
+    for t in range(1, 7):
+        bias = np.where(np.arange(V) == 7, -np.inf, 0).astype(np.float32)  # banned, by hand
+        logits = table[ids[:, t]] + bias
+        step = smp.mirostat(smp.Seed(4, t + 1), eager_backend.array(logits), eager_backend.array(mu),
+                            tau=tau, eta=eta, temperature=0.9)
+        p, _ = reference_mirostat(logits, np.asarray(step.ids), mu, tau=tau, eta=eta, temperature=0.9)
+        expected = np.log(p[np.arange(3), np.asarray(step.ids)])
+        np.testing.assert_allclose(np.asarray(out.logprobs)[:, t + 1], expected, rtol=1e-4, atol=1e-5)
+        ids = np.concatenate([ids, np.asarray(step.ids)[:, None]], axis=1)
+        mu = np.asarray(step.mu, np.float64)
+    np.testing.assert_array_equal(np.asarray(out.ids), ids)
+
+
+def test_the_decode_loops_refuse_truncation_with_mirostat():
+    table = np.zeros((V, V), np.float32)
+    with pytest.raises(ValueError, match="mirostat replaces the truncation steps.*got top_p"):
+        smp.generate(0, lambda ids: table[ids], np.array([[1]]), max_new_tokens=2, mirostat=(5.0, 0.1),
+                     top_p=0.9)
+    with pytest.raises(TypeError, match="mirostat must be a tuple"):
+        smp.generate(0, lambda ids: table[ids], np.array([[1]]), max_new_tokens=2, mirostat=5.0)
+    with pytest.raises(ValueError, match="tau must be a finite number >= 0"):
+        smp.generate(0, lambda ids: table[ids], np.array([[1]]), max_new_tokens=2, mirostat=(-1.0, 0.1))
