@@ -1,12 +1,14 @@
 """Processors built with their parameters, and `chain`, which runs them in the order given.
 
 ``smp.chain(smp.top_k(50), smp.temperature(0.8), smp.top_p(0.9))`` is a `Chain`: pass it as
-``params=`` to `sample`, `probs`, `process_logits` or `logprobs`. Each processor's values are
-scalars or per-row arrays, traced under ``jit`` (a `Chain` is a JAX pytree whose structure, the
-order of its steps, is static: one compile per order). A chain whose steps follow the default
-order (README "Semantics") is the keyword API exactly and runs its fast path; any other order
-runs each step on whole rows. The logit shaping keywords of the call (bias, masks, penalties) run
-before the first step, as with the keywords. `agnostic_sampling.presets` builds the peers' orders.
+``params=`` to `sample`, `probs`, `process_logits`, `logprobs`, `verify_draft`, `generate` or
+`generate_with_state`. Each processor's values are scalars or per-row arrays, traced under ``jit``
+(a `Chain` is a JAX pytree whose structure, the order of its steps, is static: one compile per
+order). A chain whose steps follow the default order (README "Semantics") is the keyword API
+exactly and runs its fast path; any other order runs each step on whole rows, or on candidate
+blocks when it starts with top-k (`backends._chain.run_candidates`). The logit shaping keywords
+of the call (bias, masks, penalties) run before the first step, as with the keywords.
+`agnostic_sampling.presets` builds the peers' orders.
 """
 
 from __future__ import annotations
@@ -200,7 +202,8 @@ def chain(*steps: Step, min_keep: Any = 1) -> Chain:
         min_keep: no truncation step leaves fewer than this many tokens (``>= 1``).
 
     Returns:
-        A `Chain`, for ``params=`` of `sample`, `probs`, `process_logits` and `logprobs`.
+        A `Chain`, for ``params=`` of `sample`, `probs`, `process_logits`, `logprobs`,
+        `verify_draft` and the decode loops.
 
     Example:
         >>> import numpy as np, agnostic_sampling as smp
