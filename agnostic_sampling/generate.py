@@ -324,8 +324,8 @@ def generate_with_state(
             top_logprobs, temperature, top_k, top_p, min_p, min_keep, typical_p, epsilon, eta,
             top_n_sigma, xtc_threshold, xtc_probability, logit_bias, allowed, banned,
             vocab_size, repetition_penalty, frequency_penalty, presence_penalty,
-            no_repeat_ngram_size, bad_words, penalty_scope, penalty_window, min_tokens, params,
-            backend: as in `generate`.
+            no_repeat_ngram_size, bad_words, penalty_scope, penalty_window, min_tokens, mirostat,
+            params, backend: as in `generate`.
         step: ``(state, ids (B,)) -> (logits (B, V), new_state)``.
         state: the step's initial state.
 
