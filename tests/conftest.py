@@ -99,3 +99,19 @@ def seed(request: pytest.FixtureRequest) -> int:
     """A seed derived from the test's own id (never from Python's salted ``hash``), shifted by
     ``$AGNOSTIC_SAMPLING_SEED_OFFSET`` for calibration runs: `agnostic_sampling.testing.seed_for`."""
     return seed_for(request.node.nodeid)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches() -> Any:
+    """Drop JAX's compiled programs after each test module.
+
+    The suite compiles thousands of programs in one process; one full run crashed inside XLA's
+    compiler late in the suite, in a file that passes alone. Fresh caches per module keep every
+    module's process state as when it runs alone.
+    """
+    yield
+    import sys
+
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+        _JITTED.clear()
