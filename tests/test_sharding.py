@@ -210,7 +210,9 @@ def test_vocabulary_sharded_candidates_move_a_few_floats_per_row(seed: int) -> N
     blocks of 32 tokens (an all-reduce of 2048 floats per row), plus, for rows that fall back to
     the whole row, the per-row scalars of the searches and one block of the draw. Same kept sets,
     draws and greedy ids as unsharded; nothing in a loop moves more than per-row scalars, and the
-    total stays below (V / 32 + 2048 + 128 + 64) floats per row (5% of a row of 128256 tokens).
+    total stays below (V / 32 + 2048 + 128 + 64 + 34) floats per row (5% of a row of 128256
+    tokens). The last 34 are the all-greedy branch (`greedy`'s pass: two per-row scalars and one
+    block of 32), counted although a call runs either it or the sampling branch (a ``lax.cond``).
     """
     vocab = 16384
     x, params, key = _logits(BATCH, vocab, seed), _mixed_params(BATCH), jax.random.key(seed)
@@ -230,7 +232,8 @@ def test_vocabulary_sharded_candidates_move_a_few_floats_per_row(seed: int) -> N
     floats = [c.operand_bytes / 4 / BATCH * (N_DEVICES if c.op == "all-gather" else 1) for c in found]
     assert all(f <= len(c.shapes) for c, f in zip(found, floats, strict=True) if c.in_loop), found
     assert max(floats) <= 2048 + 2, found
-    assert sum(f for c, f in zip(found, floats, strict=True) if not c.in_loop) <= vocab / 32 + 2048 + 128 + 64
+    budget = vocab / 32 + 2048 + 128 + 64 + 34
+    assert sum(f for c, f in zip(found, floats, strict=True) if not c.in_loop) <= budget, found
     assert any(c.op == "all-gather" for c in found)  # the route is taken: the block maxima move
 
 
