@@ -27,6 +27,7 @@ from agnostic_sampling._chain import top_n_sigma
 from agnostic_sampling._chain import top_p
 from agnostic_sampling._chain import typical_p
 from agnostic_sampling._chain import xtc
+from agnostic_sampling._dry import Dry
 from agnostic_sampling._mirostat import MirostatResult
 from agnostic_sampling._mirostat import mirostat
 from agnostic_sampling._params import SamplingParams
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Chain",
     "DraftVerification",
+    "Dry",
     "GenerateResult",
     "LogprobsResult",
     "MirostatResult",

@@ -98,6 +98,7 @@ def sample(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
+    dry: Any = None,
     params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> Any:
@@ -143,6 +144,8 @@ def sample(
             complete an n-gram already in the history is banned (Hugging Face's rule).
         bad_words: ``(W, M)`` or ``(..., W, M)`` token sequences right-padded with ``-1``: a
             sequence's last id is banned when the history ends with its other ids.
+        dry: a `Dry`: llama.cpp's penalty on the tokens that would extend a sequence repeated
+            in the history.
         params: a `SamplingParams` instead of the keywords above (not both), or a `Chain` (the steps
             in the order given; the shaping keywords still apply first).
         backend: ``"numpy"`` or ``"jax"`` to override detection from the type of ``logits``.
@@ -204,6 +207,7 @@ def process_logits(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
+    dry: Any = None,
     params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> Any:
@@ -250,6 +254,7 @@ def probs(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
+    dry: Any = None,
     params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> Any:
@@ -353,6 +358,7 @@ def logprobs(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
+    dry: Any = None,
     params: SamplingParams | Chain | None = None,
     backend: str | None = None,
 ) -> LogprobsResult:
@@ -378,7 +384,7 @@ def logprobs(
         temperature, top_k, top_p, min_p, min_keep, typical_p, epsilon, eta, top_n_sigma,
             xtc_threshold, xtc_probability, params: as in `sample`, per row allowed.
         logit_bias, allowed, banned, vocab_size, history, history_lengths, repetition_penalty,
-            frequency_penalty, presence_penalty, no_repeat_ngram_size, bad_words: the logit
+            frequency_penalty, presence_penalty, no_repeat_ngram_size, bad_words, dry: the logit
             shaping, as in `sample`; processed kind only (the raw kind is the logits as given:
             shaping with ``kind="raw"`` is a ``ValueError``). With shaping, ``rank`` and
             ``top_ids`` are by the shaped logits.

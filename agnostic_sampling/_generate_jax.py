@@ -20,6 +20,7 @@ from agnostic_sampling._checks import check_logits
 from agnostic_sampling._decode import Request
 from agnostic_sampling._decode import check_top_logprobs
 from agnostic_sampling._decode import wrong_shape
+from agnostic_sampling._dry import Dry
 from agnostic_sampling._mirostat import next_mu
 from agnostic_sampling._mirostat import with_bound
 from agnostic_sampling._params import FIELDS
@@ -99,6 +100,11 @@ def _per_row(params: SamplingParams | Chain, batch: int) -> SamplingParams | Cha
         fields[name] = None if value is None else jnp.broadcast_to(jnp.asarray(value, jnp.int32), (batch,))
     if params.bad_words is not None:
         fields["bad_words"] = jnp.asarray(params.bad_words, jnp.int32)
+    if params.dry is not None:  # the breakers as given; the other fields per row
+        dry = params.dry
+        fields["dry"] = Dry(*(jnp.broadcast_to(jnp.asarray(v, d), (batch,)) for v, d in zip(
+            dry[:4], (jnp.float32, jnp.float32, jnp.int32, jnp.int32), strict=True)),
+            None if dry.breakers is None else jnp.asarray(dry.breakers, jnp.int32))
     for name in ("allowed", "banned"):  # (..., V) or (..., words): as given, on device
         value = getattr(params, name)
         fields[name] = None if value is None else jnp.asarray(value)

@@ -197,6 +197,7 @@ class SamplingParams:
     presence_penalty: Any = None
     no_repeat_ngram_size: Any = None
     bad_words: Any = None
+    dry: Any = None  # a `Dry` (agnostic_sampling._dry): llama.cpp's sequence-repetition penalty
 
     def __post_init__(self) -> None:
         # Once JAX is in use, register this class as a pytree, so that params can go into
@@ -210,7 +211,7 @@ class SamplingParams:
 # The shaping fields, checked by `validate_shaping`; FIELDS are the per-row sampling parameters.
 SHAPING_FIELDS = ("logit_bias", "allowed", "banned", "vocab_size", "history", "history_lengths",
                   "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
-                  "bad_words")
+                  "bad_words", "dry")
 FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name not in SHAPING_FIELDS)
 # The steps after min-p (a subset of FIELDS), applied by `backends._strategies`.
 STRATEGY_FIELDS = ("typical_p", "epsilon", "eta", "top_n_sigma", "xtc_threshold", "xtc_probability")
@@ -524,6 +525,10 @@ def validate_shaping(params: SamplingParams, batch_shape: tuple[int, ...], vocab
                                      f"got {_first(concrete, bad)}")
 
     _check_sequence_bans(get, batch_shape, vocab, history_supplied)
+    if get["dry"] is not None:
+        from agnostic_sampling._dry import check_dry
+
+        check_dry(get["dry"], batch_shape, vocab, get["history"] is not None or history_supplied)
     for name in penalties:
         value = get[name]
         array = value if hasattr(value, "dtype") else np.asarray(value)

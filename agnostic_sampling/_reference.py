@@ -7,6 +7,7 @@ off values and the parameter validation). It needs NumPy alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 from typing import NamedTuple
 
@@ -155,6 +156,36 @@ def _mask(row: np.ndarray, vocab: int) -> np.ndarray:
     return np.array([bool((int(row[t // 32]) >> (t % 32)) & 1) for t in range(vocab)])
 
 
+def _dry_row(row: np.ndarray, seen: list[int], multiplier: Any, base: Any, allowed: Any, last_n: Any,
+             breakers: Any) -> None:
+    """DRY's penalty on one float64 row, in place, by direct comparison (llama.cpp's definition).
+
+    For every earlier position ``p`` of the searched window, the match length ``n`` is counted
+    token by token backwards from ``p`` and from the window's end, stopping at a breaker (or a
+    non-id); the token after ``p`` takes the largest ``n`` of its positions.
+    """
+    m, b, allowed, last_n = float(multiplier), float(base), int(allowed), int(last_n)
+    if m == 0 or last_n == 0:
+        return
+    window = seen if last_n < 0 else seen[max(len(seen) - last_n, 0):]
+    stops = set() if breakers is None else {int(t) for t in breakers if t != -1}
+
+    def stop(token: int) -> bool:
+        return token in stops or not 0 <= token < len(row)
+
+    longest: dict[int, int] = {}
+    for p in range(len(window) - 1):
+        n = 0
+        while n <= p and window[p - n] == window[-1 - n] and not stop(window[-1 - n]):
+            n += 1
+        token = window[p + 1]
+        if n >= allowed and not stop(token):
+            longest[token] = max(longest.get(token, 0), n)
+    clamp = math.floor(88.7228391 / math.log(b)) if b > 1.000001 else math.inf
+    for token, n in longest.items():
+        row[token] -= m * b ** min(n - allowed, clamp)
+
+
 def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...]) -> np.ndarray:  # noqa: C901
     """Bias, penalties and masks applied plainly, row by row, token by token, in float64."""
     out = x.copy()
@@ -169,6 +200,12 @@ def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...
         array = np.asarray(resolved.bad_words)
         words = np.broadcast_to(array, (*batch_shape, *array.shape[-2:])).reshape(-1, *array.shape[-2:])
         resolved = dataclasses.replace(resolved, bad_words=None)
+    dry = None
+    if resolved.dry is not None:  # each field per row; the breakers (..., S)
+        dry = [_row_inputs(value, batch_shape, False) for value in resolved.dry[:4]]
+        breakers = resolved.dry.breakers
+        dry.append(None if breakers is None else _row_inputs(breakers, batch_shape, True))
+        resolved = dataclasses.replace(resolved, dry=None)
     inputs = {name: _row_inputs(getattr(resolved, name), batch_shape, name in per_token)
               for name in SHAPING_FIELDS}
     for i in range(out.shape[0]):
@@ -194,6 +231,8 @@ def _shaped(x: np.ndarray, resolved: SamplingParams, batch_shape: tuple[int, ...
                     out[i, token] -= c * float(inputs["frequency_penalty"][i])
                 if inputs["presence_penalty"] is not None:
                     out[i, token] -= float(inputs["presence_penalty"][i])
+            if dry is not None:
+                _dry_row(out[i], [int(t) for t in history[:length]], *(v if v is None else v[i] for v in dry))
         if inputs["allowed"] is not None:
             out[i, ~_mask(inputs["allowed"][i], vocab)] = -np.inf
         if inputs["banned"] is not None:
@@ -239,6 +278,7 @@ def reference_probs(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
+    dry: Any = None,
     params: SamplingParams | None = None,
 ) -> np.ndarray:
     """The processed distribution, computed plainly in float64 NumPy: the test oracle.
@@ -258,7 +298,7 @@ def reference_probs(
                        history=history, history_lengths=history_lengths,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                        presence_penalty=presence_penalty,
-                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words, dry=dry)
         shape = np.shape(logits)
         return _chain_rows(logits, with_keywords(params, shape[:-1], shape[-1], shaping))[0].reshape(shape)
     x, settings = _rows_and_settings(
@@ -267,7 +307,8 @@ def reference_probs(
         xtc_probability=xtc_probability, logit_bias=logit_bias, allowed=allowed, banned=banned,
         vocab_size=vocab_size, history=history, history_lengths=history_lengths,
         repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-        presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+        presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words,
+        dry=dry)
     out = np.empty_like(x)
     for i, row in enumerate(x):
         out[i] = _reference_row(row, settings[i])

@@ -139,6 +139,7 @@ def generate(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
+    dry: Any = None,
     penalty_scope: str | None = None,
     penalty_window: int | None = None,
     min_tokens: Any = None,
@@ -212,8 +213,8 @@ def generate(
             ``"prompt_and_output"``: all three both.
         penalty_window: count only the last this many positions of each row (prompt or output;
             llama.cpp's ``penalty_last_n``); ``None``: every position.
-        no_repeat_ngram_size, bad_words: as in `sample`, over the row's prompt and generated
-            tokens.
+        no_repeat_ngram_size, bad_words, dry: as in `sample`, over the row's prompt and
+            generated tokens (DRY's ``last_n``: the last this many of them).
         min_tokens: the EOS ids (``eos_id``) are banned until a row has generated this many
             tokens; a scalar or ``(B,)`` integers ``>= 0``; needs ``eos_id``.
         mirostat: ``(tau, eta)`` (scalars or ``(B,)``): draw each token by `mirostat` instead of
@@ -251,7 +252,7 @@ def generate(
                        logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                        presence_penalty=presence_penalty,
-                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words, dry=dry)
     if context_size is not None:
         context_size = _positive_int("context_size", context_size)
     if request.backend == "numpy":
@@ -294,6 +295,7 @@ def generate_with_state(
     presence_penalty: Any = None,
     no_repeat_ngram_size: Any = None,
     bad_words: Any = None,
+    dry: Any = None,
     penalty_scope: str | None = None,
     penalty_window: int | None = None,
     min_tokens: Any = None,
@@ -324,8 +326,8 @@ def generate_with_state(
             top_logprobs, temperature, top_k, top_p, min_p, min_keep, typical_p, epsilon, eta,
             top_n_sigma, xtc_threshold, xtc_probability, logit_bias, allowed, banned,
             vocab_size, repetition_penalty, frequency_penalty, presence_penalty,
-            no_repeat_ngram_size, bad_words, penalty_scope, penalty_window, min_tokens, mirostat,
-            params, backend: as in `generate`.
+            no_repeat_ngram_size, bad_words, dry, penalty_scope, penalty_window, min_tokens,
+            mirostat, params, backend: as in `generate`.
         step: ``(state, ids (B,)) -> (logits (B, V), new_state)``.
         state: the step's initial state.
 
@@ -351,7 +353,7 @@ def generate_with_state(
                        logit_bias=logit_bias, allowed=allowed, banned=banned, vocab_size=vocab_size,
                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                        presence_penalty=presence_penalty,
-                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words)
+                       no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words, dry=dry)
     if request.backend == "numpy":
         return _NumpyLoop(request, step=step, state=state).run()
     from agnostic_sampling import _generate_jax  # imports JAX: only once the JAX backend is chosen
@@ -502,7 +504,7 @@ def _loop_shaping(params: SamplingParams, penalty_scope: Any, penalty_window: An
         repetition_scope = None
     if params.frequency_penalty is None and params.presence_penalty is None:
         frequency_scope = None
-    sequences = params.no_repeat_ngram_size is not None or params.bad_words is not None
+    sequences = any(v is not None for v in (params.no_repeat_ngram_size, params.bad_words, params.dry))
     if repetition_scope is None and frequency_scope is None and min_tokens is None and not sequences:
         return None, None  # the backend's sample applies the bias and the masks
     config = LoopShaping(repetition_scope, frequency_scope, penalty_window, eos_ids, min_tokens is not None,

@@ -118,6 +118,11 @@ CASES = {
                                              logit_bias=np.linspace(-1, 1, V, dtype=np.float32))),
     "ngrams-and-bad-words": ({}, everything, dict(no_repeat_ngram_size=np.array([2, 3, 1]),
                                                  bad_words=np.array([[3, 6, -1], [6, 6, 7], [10, -1, -1]]))),
+    "dry": ({}, everything, dict(dry=smp.Dry(np.array([0.8, 2.0, 1.0]), base=np.array([1.75, 1.2, 3.0]),
+                                             allowed_length=np.array([2, 1, 2]), last_n=np.array([-1, 6, 9]),
+                                             breakers=np.array([7, -1])))),
+    "dry-and-penalties": (dict(penalty_scope="prompt_and_output"), everything,  # DRY changes 2 tokens
+                          dict(repetition_penalty=1.1, dry=smp.Dry(3.0, allowed_length=1))),
     "sparse-bias-and-penalty": ({}, output_only, dict(frequency_penalty=0.9, logit_bias=(
         np.array([[3, 10, -1], [10, 11, 12], [0, 0, 5]]), np.array([[1.0, 2.0, 0], [-1.0, 2.0, 3.0],
                                                                   [0.5, 0.5, -np.inf]], np.float32)))),
@@ -137,6 +142,8 @@ def test_penalties_change_what_is_generated(loop):
     plain = loop.generate(3, temperature=0.0)
     penalised = loop.generate(3, temperature=0.0, repetition_penalty=3.0, penalty_scope="prompt_and_output")
     assert (plain.ids != penalised.ids).any()  # the step is not silently dropped
+    dry = loop.generate(3, temperature=0.0, dry=smp.Dry(2.0, allowed_length=1))
+    assert (plain.ids != dry.ids).any()
 
 
 @pytest.mark.parametrize("min_tokens", [0, 4, np.array([2, 7, 0])])

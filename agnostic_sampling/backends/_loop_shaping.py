@@ -5,7 +5,7 @@ penalties' counts itself and carries them from position to position: ``(B, V)`` 
 one array per scope the penalties need, counted once from the prompt before the loop and then
 updated by the one token that enters (and, with a window, the one that leaves) at each position,
 ``O(B)`` work. At the position whose logits are being sampled, ``shape_step`` adds the bias, applies
-the penalties from those counts (through the same arithmetic as a given ``history``), the
+the penalties from those counts (through the same arithmetic as a given ``history``), DRY, the
 n-gram and bad-word bans over the ids so far, the EOS ban while a row has generated fewer than
 ``min_tokens``, and the masks (``allowed``, ``banned``, ``vocab_size``), all in one array; the
 backend's ``sample`` then gets the parameters without the shaping.
@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling.backends import _dry
 from agnostic_sampling.backends import _shaping
 
 __all__ = ["LoopShaping", "Counts", "initial_counts", "advance_counts", "shape_step", "sampling_params"]
@@ -36,7 +37,7 @@ class LoopShaping(NamedTuple):
     window: int | None  # count only the last `window` positions; None: every position
     eos_ids: tuple[int, ...]  # banned while a row has generated fewer than min_tokens
     min_tokens: bool  # whether min_tokens was given
-    sequences: bool  # whether no_repeat_ngram_size or bad_words was given (bans over the ids so far)
+    sequences: bool  # whether no_repeat_ngram_size, bad_words or dry was given (over the ids so far)
 
 
 class Counts(NamedTuple):
@@ -173,6 +174,8 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
         x = _shaping.penalize_counts(x, scope[config.repetition_scope], scope[config.frequency_scope],
                                      params, xp, counts.touched)
     history = (ids, xp.full((x.shape[0],), t + 1)) if config.sequences else None  # positions 0 .. t
+    if params.dry is not None:
+        x = _dry.apply(x, *history, params.dry, batch, xp)
     drop = _shaping.dropped(params, batch, x.shape[1], xp, history)  # masks and sequence bans
     eos_ids = [i for i in config.eos_ids if 0 <= i < x.shape[1]]  # static: V is known here
     if config.min_tokens and eos_ids:

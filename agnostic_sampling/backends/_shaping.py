@@ -12,7 +12,7 @@ left out entirely. The steps, in order:
    a negative one by ``r`` (once, whatever ``c``), then ``c * frequency + presence`` is
    subtracted. Counts come from a sort of each row's ``T`` ids, and the new logits are written
    back at each row's distinct tokens only: nothing of size ``(N, T, V)``, and no pass over
-   ``(N, V)``.
+   ``(N, V)``. Then DRY's penalty on the tokens that would extend a repeated sequence (`_dry`).
 3. ``allowed`` keeps only its tokens, ``banned`` sets its tokens to ``-inf``, and ``vocab_size``
    sets the tokens at or past it to ``-inf`` (a padded vocabulary's tail). A mask is boolean
    ``(..., V)`` or a packed bitmask of uint32 words ``(..., ceil(V / 32))``: bit ``j`` of word
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from agnostic_sampling._params import SamplingParams
+from agnostic_sampling.backends import _dry
 from agnostic_sampling.backends import _ngrams
 
 _MASKS = ("allowed", "banned", "vocab_size", "no_repeat_ngram_size", "bad_words")
@@ -42,7 +43,7 @@ _PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty")
 def present(params: SamplingParams) -> bool:
     """Whether ``params`` asks for any shaping step (static: depends on ``None``-ness only)."""
     return (params.logit_bias is not None or any(getattr(params, n) is not None for n in _MASKS)
-            or _penalized(params))
+            or _penalized(params) or (params.dry is not None and params.history is not None))
 
 
 def _penalized(params: SamplingParams) -> bool:
@@ -318,4 +319,6 @@ def shape(x: Any, params: SamplingParams, batch_shape: tuple[int, ...], xp: Any)
     x = add_bias(x, params.logit_bias, batch_shape, xp)
     if _penalized(params):
         x = _apply_penalties(x, params, batch_shape, xp)
+    if params.dry is not None and params.history is not None:
+        x = _dry.apply(x, *_history_rows(params, batch_shape, xp), params.dry, batch_shape, xp)
     return ban(x, dropped(params, batch_shape, vocab, xp), xp)
