@@ -14,7 +14,8 @@ reports both medians and their ratio:
   whole-row exponential to draw in token order);
 - ``sample`` with logit shaping (a dense bias, a packed banned mask, repetition, frequency and
   presence penalties over a history of ``HISTORY`` tokens per row) and top-p 0.9, against
-  ``sample`` with top-p 0.9 alone: one decode step (goal: at most 1.5x);
+  ``sample`` with top-p 0.9 alone: one decode step (goal: at most 1.5x); the same with DRY
+  (multiplier 0.8, base 1.75, allowed length 2) over a random history and a looping one;
 - ``sample`` with each truncation step after min-p alone (typical-p, epsilon, eta, top-n-sigma,
   XTC, at the values of `STRATEGIES`) and `mirostat` (tau 5, state 10 bits) against ``sample``
   with top-p 0.9 alone;
@@ -57,6 +58,39 @@ def _shaping(batch: int, vocab: int) -> dict[str, np.ndarray | float]:
             "repetition_penalty": 1.1, "frequency_penalty": 0.2, "presence_penalty": 0.1}
 
 
+def _dry(batch: int, vocab: int) -> dict[str, dict[str, Any]]:
+    """DRY over a history of ``HISTORY`` tokens: random ids, and a row stuck in a loop (its last
+    256 tokens one 32-token phrase over and over: matches up to 224 tokens long)."""
+    rng = np.random.default_rng(4)
+    random_ids = rng.integers(0, vocab, (batch, HISTORY))
+    looping = random_ids.copy()
+    looping[:, -256:] = np.tile(looping[:, -288:-256], 8)
+    dry = smp.Dry(0.8, base=1.75, allowed_length=2)
+    return {"random history": {"history": random_ids, "dry": dry},
+            "looping history": {"history": looping, "dry": dry}}
+
+
+def _dry_rows(step: np.ndarray, batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any],
+                                                                       Callable[[], Any]]]:
+    """DRY + top-p against top-p alone, on each backend (the JAX history int32, as a loop holds it)."""
+    out = []
+    for name, kw in _dry(batch, vocab).items():
+        out.append((f"sample: dry ({name}) + top-p / top-p", "numpy",
+                    lambda kw=kw: smp.sample(0, step, **kw, **NUCLEUS),
+                    lambda: smp.sample(0, step, **NUCLEUS)))
+    if harness.installed("jax"):
+        import jax
+        import jax.numpy as jnp
+
+        key, step_j = jax.random.key(0), jnp.asarray(step)
+        for name, kw in _dry(batch, vocab).items():
+            kw_j = {"history": jnp.asarray(kw["history"], jnp.int32), "dry": kw["dry"]}
+            out.append((f"sample: dry ({name}) + top-p / top-p", "jax (jit)",
+                        lambda kw_j=kw_j: jax.block_until_ready(smp.sample(key, step_j, **kw_j, **NUCLEUS)),
+                        lambda: jax.block_until_ready(smp.sample(key, step_j, **NUCLEUS))))
+    return out
+
+
 def _draft(batch: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
     """A draft's ids and probabilities: the draft model is the target at a higher temperature."""
     logits = harness.realistic_logits(batch * K, vocab, seed=1).reshape(batch, K, vocab)
@@ -88,6 +122,7 @@ def rows(batch: int, vocab: int) -> list[tuple[str, str, Callable[[], Any], Call
     out.append(("sample: shaping + top-p / top-p", "numpy",
                 lambda: smp.sample(0, step, **shaping, **NUCLEUS),
                 lambda: smp.sample(0, step, **NUCLEUS)))
+    out += _dry_rows(step, batch, vocab)
     for name, kw in STRATEGIES.items():
         out.append((f"strategy: {name} / top-p", "numpy",
                     lambda kw=kw: smp.sample(0, step, **kw), lambda: smp.sample(0, step, **NUCLEUS)))

@@ -322,7 +322,8 @@ def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, tem
     for part in chunks:
         w, b = work[: rows[part].size], bits[: rows[part].size]
         _subtract_rows(x, rows[part], row_max[part], out=w)
-        w *= scale[part]
+        with np.errstate(over="ignore"):  # a logit near -float32 max: -inf, clamped below
+            w *= scale[part]
         w += 127 * 2**23
         np.maximum(w, 2**23, out=w)  # below 2**-126 counts as 2**-126: still an upper bound
         np.copyto(b, w, casting="unsafe")  # truncation: the floor of a positive value
