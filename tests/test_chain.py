@@ -275,7 +275,7 @@ def _route(backend, x, chain):
     else:
         import jax.numpy as jnp
 
-        from agnostic_sampling.backends import jax as module
+        from agnostic_sampling.backends import _jax_chain as module
 
         cand = module._chain_candidates(jnp.asarray(x), chain, bool(np.any(np.asarray(chain.min_keep) != 1)))
     return None if cand is None else np.asarray(cand.exact)

@@ -18,6 +18,7 @@ from agnostic_sampling.stats import reference_probs
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 J = pytest.importorskip("agnostic_sampling.backends.jax")
+P = pytest.importorskip("agnostic_sampling.backends._jax_pipeline")
 S = pytest.importorskip("agnostic_sampling.backends._jax_search")
 
 V = 16384
@@ -72,10 +73,10 @@ def _run(op: str, *args: Any, candidates: bool, monkeypatch: pytest.MonkeyPatch)
     """The backend operation, traced afresh with or without the candidate route."""
     params = args[-1]
     with monkeypatch.context() as patch:
-        if not candidates:  # the route is chosen where the rows are prepared, in jax.py
-            patch.setattr(J, "_candidate_block", lambda vocab: 0)
+        if not candidates:  # the route is chosen where the rows are prepared, in _jax_pipeline.py
+            patch.setattr(P, "_candidate_block", lambda vocab: 0)
         fn = jax.jit(getattr(J, "_" + op).__wrapped__, static_argnames="steps")
-        return jax.block_until_ready(fn(*args, steps=J._steps(params)))
+        return jax.block_until_ready(fn(*args, steps=P._steps(params)))
 
 
 def _routes(logits: np.ndarray, params: smp.SamplingParams) -> tuple[np.ndarray, np.ndarray]:
@@ -83,11 +84,11 @@ def _routes(logits: np.ndarray, params: smp.SamplingParams) -> tuple[np.ndarray,
 
     @jax.jit
     def flags(x: Any, p: smp.SamplingParams) -> tuple[Any, Any]:
-        steps = J._steps(p)
-        prep = J._prepare(x, p, steps)
+        steps = P._steps(p)
+        prep = P._prepare(x, p, steps)
         cand = S._candidates(prep, steps)
         threshold, exact = S._candidate_threshold(
-            cand, prep.rows, steps, prep.skip, lambda: jnp.sum(jnp.exp(J._full_z(prep, steps)), axis=-1))
+            cand, prep.rows, steps, prep.skip, lambda: jnp.sum(jnp.exp(P._full_z(prep, steps)), axis=-1))
         inside = exact & ((threshold > cand.bound) | (cand.bound == -jnp.inf))
         return exact & ~prep.skip, inside & ~prep.skip
 
