@@ -112,3 +112,19 @@ def test_the_jax_backends_parts_import_downwards_only() -> None:
     for name, allowed in below.items():
         assert _backend_imports(folder / f"{name}.py") <= allowed, name
     assert set(below) <= _backend_imports(folder / "jax.py")
+
+
+def test_no_private_part_imports_a_backends_face() -> None:
+    """The faces (``numpy.py``, ``jax.py``) sit on top: no private module imports either of them,
+    and no NumPy part imports a JAX part (NumPy-only installs must never reach JAX)."""
+    folder = Path(backends.__file__).parent
+    parts = sorted(p for p in folder.glob("_*.py") if p.stem != "__init__")
+    assert {"_numpy_pipeline", "_numpy_draw", "_numpy_logprobs", "_numpy_chain"} <= {p.stem for p in parts}
+    for path in parts:
+        imported = _backend_imports(path)
+        assert not imported & {"numpy", "jax"}, path.stem
+        if not path.stem.startswith("_jax"):
+            assert not any(name.startswith("_jax") for name in imported), path.stem
+    numpy_face = _backend_imports(folder / "numpy.py")
+    assert {"_numpy_pipeline", "_numpy_draw", "_numpy_logprobs", "_numpy_chain"} <= numpy_face
+    assert not any(name.startswith("_jax") for name in numpy_face)

@@ -269,7 +269,7 @@ def test_a_chain_that_starts_with_top_k_runs_on_candidates(eager_backend, name):
 def _route(backend, x, chain):
     """Per row, whether the backend's candidate route serves it (None: not taken at all)."""
     if backend.name == "numpy":
-        from agnostic_sampling.backends import numpy as module
+        from agnostic_sampling.backends import _numpy_chain as module
 
         cand = module._chain_candidates(x, chain, x.shape[:-1], bool(np.any(np.asarray(chain.min_keep) != 1)))
     else:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import agnostic_sampling as smp
-from agnostic_sampling.backends import numpy as nb
+from agnostic_sampling.backends import _numpy_pipeline as pipeline
 
 
 def _broadcast(c: np.ndarray) -> np.ndarray:
@@ -101,13 +101,13 @@ def test_no_pass_copies_the_whole_batch_per_chunk(layout, monkeypatch):
     rows, vocab = 64, 16384  # 8 rows per chunk of the row-wise passes
     x = LAYOUTS[layout](_logits(rows, vocab, seed=3))
     chunked = []  # the row-wise chunked passes must run for this test to mean anything
-    original = nb._subtract_rows
+    original = pipeline._subtract_rows
 
     def subtract_rows(source: np.ndarray, some: np.ndarray, *args: Any, **kwargs: Any) -> None:
         chunked.append(some.size)
         original(source, some, *args, **kwargs)
 
-    monkeypatch.setattr(nb, "_subtract_rows", subtract_rows)
+    monkeypatch.setattr(pipeline, "_subtract_rows", subtract_rows)
     take = _TakeSources(monkeypatch)
     ids, peak = _peak_memory(lambda: smp.sample(0, x))  # dense rows whose mass bounds need a pass
     assert max(chunked) > 1 and len(chunked) > 2

@@ -13,17 +13,31 @@ import numpy as np
 import pytest
 
 import agnostic_sampling as smp
+from agnostic_sampling.backends import _numpy_chain
+from agnostic_sampling.backends import _numpy_draw
+from agnostic_sampling.backends import _numpy_logprobs
+from agnostic_sampling.backends import _numpy_pipeline as pipeline
 from agnostic_sampling.backends import numpy as nb
 from agnostic_sampling.stats import assert_samples_match
 from agnostic_sampling.stats import reference_probs
 
+PARTS = [nb, pipeline, _numpy_draw, _numpy_logprobs, _numpy_chain]  # the NumPy backend's modules
+
+
+def patch_backend(monkeypatch: pytest.MonkeyPatch, name: str, value: Any) -> None:
+    """Replace ``name`` in every NumPy backend module that holds it (each import binds its own)."""
+    holders = [module for module in PARTS if hasattr(module, name)]
+    assert holders, name
+    for module in holders:
+        monkeypatch.setattr(module, name, value)
+
 
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nb, "BLOCK", 4)
-    monkeypatch.setattr(nb, "DENSE_HEAD", 2)
-    monkeypatch.setattr(nb, "MIN_CANDIDATES", 2)
-    monkeypatch.setattr(nb, "WIDE", 16)  # whole rows take the paths of wide candidate lists
+    patch_backend(monkeypatch, "BLOCK", 4)
+    patch_backend(monkeypatch, "DENSE_HEAD", 2)
+    patch_backend(monkeypatch, "MIN_CANDIDATES", 2)
+    patch_backend(monkeypatch, "WIDE", 16)  # whole rows take the paths of wide candidate lists
 
 
 class Spy:
@@ -32,14 +46,14 @@ class Spy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str, replacement: Any = None):
         self.rows = 0
         self.calls = 0
-        original = getattr(nb, name)
+        original = next(getattr(module, name) for module in PARTS if hasattr(module, name))
 
         def wrapper(x: np.ndarray, rows: np.ndarray, *args: Any) -> Any:
             self.calls += 1
             self.rows += rows.size
             return (replacement or original)(x, rows, *args)
 
-        monkeypatch.setattr(nb, name, wrapper)
+        patch_backend(monkeypatch, name, wrapper)
 
 
 def spiky_logits(rng: np.random.Generator, rows: int, vocab: int) -> np.ndarray:
@@ -103,19 +117,19 @@ def test_large_top_k_and_low_min_p_grow_the_candidates(monkeypatch, seed):
 
 
 def test_top_k_ties_across_block_boundaries():
-    vocab = 4 * nb.BLOCK + 3  # the last block is short
+    vocab = 4 * pipeline.BLOCK + 3  # the last block is short
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal(vocab) - 3).astype(np.float32)
-    tied = [3, nb.BLOCK + 1, 2 * nb.BLOCK + 255, vocab - 1]  # four blocks, the short one included
+    tied = [3, pipeline.BLOCK + 1, 2 * pipeline.BLOCK + 255, vocab - 1]  # four blocks, the short one included
     logits[tied] = 5.0
-    logits[3 * nb.BLOCK + 7] = 7.0
-    assert np.flatnonzero(smp.probs(logits, top_k=1)).tolist() == [3 * nb.BLOCK + 7]
+    logits[3 * pipeline.BLOCK + 7] = 7.0
+    assert np.flatnonzero(smp.probs(logits, top_k=1)).tolist() == [3 * pipeline.BLOCK + 7]
     for k in (2, 3, 5):
-        assert np.flatnonzero(smp.probs(logits, top_k=k)).tolist() == sorted(tied + [3 * nb.BLOCK + 7])
+        assert np.flatnonzero(smp.probs(logits, top_k=k)).tolist() == sorted(tied + [3 * pipeline.BLOCK + 7])
     # the same ties at the top-p boundary and the min-p threshold
-    assert sorted(np.flatnonzero(smp.probs(logits, top_p=0.0, temperature=0.5))) == [3 * nb.BLOCK + 7]
+    assert sorted(np.flatnonzero(smp.probs(logits, top_p=0.0, temperature=0.5))) == [3 * pipeline.BLOCK + 7]
     kept = np.flatnonzero(smp.probs(logits, min_p=float(np.exp(-2.0)) * 0.999))
-    assert kept.tolist() == sorted(tied + [3 * nb.BLOCK + 7])
+    assert kept.tolist() == sorted(tied + [3 * pipeline.BLOCK + 7])
 
 
 @pytest.mark.parametrize("vocab", [5, 1000, 5000])
@@ -139,7 +153,7 @@ def test_top_p_decided_by_bounds_then_exact_mass(monkeypatch, seed):
         rows = args[0].shape[0]
         return np.zeros(rows), np.full(rows, np.inf)
 
-    monkeypatch.setattr(nb, "_outside_mass", no_information)
+    patch_backend(monkeypatch, "_outside_mass", no_information)
     fine = Spy(monkeypatch, "_outside_mass_fine")
     exact = Spy(monkeypatch, "_outside_mass_exact")
     np.testing.assert_array_equal(smp.probs(logits, **params) > 0, expected)
@@ -154,22 +168,22 @@ def test_top_p_decided_by_bounds_then_exact_mass(monkeypatch, seed):
 @pytest.mark.parametrize("temperature", [1e-3, 0.6, 1.0, 4.0])
 def test_mass_bounds_contain_the_exact_mass(temperature, seed):
     rng = np.random.default_rng(seed)
-    x = spiky_logits(rng, 6, 4 * nb.BLOCK * 8 + 5)
+    x = spiky_logits(rng, 6, 4 * pipeline.BLOCK * 8 + 5)
     x[0, :100] = -np.inf
     x[1] *= 40  # exponents far below float32's range
     rows = np.arange(6)
     row_max = x.max(axis=-1)
     t = np.full(6, temperature, np.float32)
-    block_max = nb._block_maxima(x)
-    head = nb._head(x, rows, block_max, row_max, t, 8, bounds=True)
-    exact = nb._outside_mass_exact(x, rows, row_max, t, head.index, head.logit)
-    fine_low, fine_high = nb._outside_mass_fine(x, rows, row_max, t, head.index, head.logit)
+    block_max = pipeline._block_maxima(x)
+    head = pipeline._head(x, rows, block_max, row_max, t, 8, bounds=True)
+    exact = pipeline._outside_mass_exact(x, rows, row_max, t, head.index, head.logit)
+    fine_low, fine_high = pipeline._outside_mass_fine(x, rows, row_max, t, head.index, head.logit)
     tiny = 1e-30  # float32 exponentials underflow where the bounds, in float64, do not
     assert (head.low <= exact * (1 + 1e-6) + tiny).all() and (exact <= head.high * (1 + 1e-6)).all()
     assert (fine_low <= exact * (1 + 1e-6) + tiny).all() and (exact <= fine_high * (1 + 1e-6)).all()
     assert (fine_high <= 1.07 * exact + 1e-30).all()  # the tighter bounds are within 6.2%
     # the head is exactly the tokens above the threshold: its mass and the rest make the total
-    total = np.exp(nb._tempered(x, row_max, t)).sum(axis=-1, dtype=np.float64)
+    total = np.exp(pipeline._tempered(x, row_max, t)).sum(axis=-1, dtype=np.float64)
     inside = np.exp(head.logit.astype(np.float64)).sum(axis=-1)
     np.testing.assert_allclose(inside + exact, total, rtol=1e-5)
 
@@ -214,8 +228,8 @@ class ConstantUniform:
 @pytest.mark.parametrize("blocks", ["small", "default"])
 def test_extreme_variates_never_leave_the_kept_set(u, blocks, monkeypatch):
     if blocks == "small":
-        monkeypatch.setattr(nb, "BLOCK", 4)
-        monkeypatch.setattr(nb, "DENSE_HEAD", 2)
+        patch_backend(monkeypatch, "BLOCK", 4)
+        patch_backend(monkeypatch, "DENSE_HEAD", 2)
     rng = np.random.default_rng(13)
     logits = spiky_logits(rng, 6, 3000)
     logits[:, :10] = -np.inf

@@ -1,0 +1,129 @@
+"""Exact draws from the NumPy pipeline's kept sets (private to the NumPy backend).
+
+Inverse CDF over a group's candidates, the two-part mixture of a dense row (`_numpy_pipeline`'s
+docstring tells how), by blocks over whole rows, and in token order for a `Seed`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agnostic_sampling.backends._numpy_pipeline import BLOCK
+from agnostic_sampling.backends._numpy_pipeline import DENSE_HEAD
+from agnostic_sampling.backends._numpy_pipeline import WIDE
+from agnostic_sampling.backends._numpy_pipeline import _head
+from agnostic_sampling.backends._numpy_pipeline import _Kept
+from agnostic_sampling.backends._numpy_pipeline import _outside_mass_fine
+from agnostic_sampling.backends._numpy_pipeline import _row_chunks
+from agnostic_sampling.backends._numpy_pipeline import _Rows
+from agnostic_sampling.backends._numpy_pipeline import _tempered
+from agnostic_sampling.backends._numpy_pipeline import _tempered_into
+from agnostic_sampling.backends._numpy_pipeline import _without
+
+
+def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.ndarray) -> np.ndarray:
+    """The JAX backend's draw, for `Seed` keys: one uniform per row, inverse CDF in token-id order.
+
+    Over the kept set, so that the same uniform picks the same token on both backends. Dense rows
+    take their whole row (no head/tail mixture); candidate lists are put in token order first (they
+    come in block order).
+    """
+    u = uniform.astype(np.float64)
+    ids = kept.first.copy()
+    dense = np.flatnonzero(kept.dense)
+    chunks = _row_chunks(dense.size, x.shape[1])
+    if dense.size:
+        work = np.empty((chunks[0].stop - chunks[0].start, x.shape[1]), x.dtype)
+    for part in chunks:
+        rows = dense[part]
+        weight = _tempered_into(work[: rows.size], x, rows, kept.row_max[rows], prm.temperature[rows])
+        ids[rows] = _draw_by_blocks(np.exp(weight, out=weight), u[rows])
+    for group in kept.groups:
+        index, logit = group.index, group.logit
+        if not np.all(index[:, 1:] > index[:, :-1]):
+            order = np.argsort(index, axis=-1, kind="stable")
+            index, logit = np.take_along_axis(index, order, -1), np.take_along_axis(logit, order, -1)
+        ids[group.rows] = _draw_candidates(index, logit, group.cut, u[group.rows])
+    return ids
+
+
+def _pick(cumulative: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """First position whose cumulative weight exceeds ``target``, never a zero-weight position.
+
+    A position of zero weight never exceeds a target that its predecessor did not; only rounding
+    can push the target past the end, and then the last position of positive weight is taken.
+    """
+    position = (cumulative <= target[:, None]).sum(axis=-1)
+    last_positive = weight.shape[1] - 1 - np.argmax(weight[:, ::-1] > 0, axis=-1)
+    return np.minimum(position, last_positive)
+
+
+def _draw_candidates(index: np.ndarray, logit: np.ndarray, cut: np.ndarray,
+                     uniform: np.ndarray) -> np.ndarray:
+    """Inverse CDF over the candidates whose tempered logit is at least ``cut``."""
+    if logit.shape[1] > WIDE:  # a whole row: block sums instead of a row-long cumulative sum
+        weight = np.exp(logit)
+        weight[logit < cut[:, None]] = 0.0
+        position = _draw_by_blocks(weight, uniform)
+    else:
+        weight = np.exp(logit.astype(np.float64))
+        weight[logit < cut[:, None]] = 0.0
+        cumulative = np.cumsum(weight, axis=-1)
+        position = _pick(cumulative, uniform * cumulative[:, -1], weight)
+    return np.take_along_axis(index, position[:, None], -1)[:, 0]
+
+
+def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max: np.ndarray,
+                temperature: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Exact draws from every finite token of ``rows``, by the head/tail mixture (module docstring).
+
+    ``uniform[:, 0]`` picks the part, ``uniform[:, 1]`` the token inside it.
+    """
+    head = _head(x, rows, block_max, row_max, temperature, DENSE_HEAD, bounds=True)
+    head_weight = np.exp(head.logit.astype(np.float64))
+    head_mass = head_weight.sum(axis=-1)
+    # The head is picked iff u * (head + tail) < head; bounds on the tail settle most rows.
+    in_head = uniform[:, 0] * (head_mass + head.high) < head_mass
+    unsure = np.flatnonzero(~in_head & (uniform[:, 0] * (head_mass + head.low) < head_mass))
+    if unsure.size:
+        _, high = _outside_mass_fine(x, rows[unsure], row_max[unsure], temperature[unsure],
+                                     head.index[unsure], head.logit[unsure])
+        in_head[unsure] = uniform[unsure, 0] * (head_mass[unsure] + high) < head_mass[unsure]
+    ids = np.empty(rows.size, np.int64)
+    maybe_tail = np.flatnonzero(~in_head)
+    for part in _row_chunks(maybe_tail.size, x.shape[1]):  # rare: the tail's exact weights decide
+        some = maybe_tail[part]
+        weight = _tempered(x[rows[some]], row_max[some], temperature[some], in_place=True)
+        np.exp(weight, out=weight)
+        tail = _without(weight, head.index[some], head.logit[some]).sum(axis=-1, dtype=np.float64)
+        in_head[some] = uniform[some, 0] * (head_mass[some] + tail) < head_mass[some]
+        in_tail = ~in_head[some]
+        ids[some[in_tail]] = _draw_by_blocks(weight[in_tail], uniform[some[in_tail], 1])
+
+    chosen = np.flatnonzero(in_head)
+    cumulative = np.cumsum(head_weight[chosen], axis=-1)
+    position = _pick(cumulative, uniform[chosen, 1] * cumulative[:, -1], head_weight[chosen])
+    ids[chosen] = np.take_along_axis(head.index[chosen], position[:, None], -1)[:, 0]
+    return ids
+
+
+def _draw_by_blocks(weight: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Inverse CDF over whole rows of weights without a row-long cumulative sum: block, then token."""
+    n_rows, vocab = weight.shape
+    full = vocab // BLOCK
+    sums = [weight[:, : full * BLOCK].reshape(n_rows, full, BLOCK).sum(axis=-1)] if full else []
+    if vocab % BLOCK:
+        sums.append(weight[:, full * BLOCK :].sum(axis=-1, keepdims=True))
+    block_weight = np.concatenate(sums, axis=1).astype(np.float64)
+    block_cumulative = np.cumsum(block_weight, axis=-1)
+    target = uniform * block_cumulative[:, -1]
+    block = _pick(block_cumulative, target, block_weight)
+    previous = np.take_along_axis(block_cumulative, np.maximum(block - 1, 0)[:, None], -1)[:, 0]
+    before = np.where(block > 0, previous, 0.0)
+
+    index = block[:, None] * BLOCK + np.arange(BLOCK)
+    inside = index < vocab
+    in_block = np.take_along_axis(weight, np.minimum(index, vocab - 1), -1).astype(np.float64)
+    in_block[~inside] = 0.0
+    position = _pick(np.cumsum(in_block, axis=-1), target - before, in_block)
+    return block * BLOCK + position
