@@ -2,13 +2,14 @@
 
 - NumPy: `sample` (temperature 0.8, top-k 50, top-p 0.9) on logits in other layouts (a
   broadcast row, a `[:, -1]` slice of a (B, 2, V) array, a transpose, Fortran order) against the
-  same logits in C order (goal: at most ~1.5x).
+  same logits in C order (goal: at most ~1.5x); top-p alone and temperature 0 or 1 on the
+  column-major layouts too.
 - Both backends: `sample` with ``temperature=0`` on every row against `greedy`, at batch 1 and
   64 (goal: as cheap as `greedy`).
 - JAX: the first call (trace and compile) of a jitted `sample` and `probs` with every sampling
   field traced (goal: at most 2 s).
 
-    python benchmarks/hardening.py [--vocab 128256] [--repeat 7]
+    python benchmarks/hardening.py [--vocab 128256] [--repeat 7] [--only layouts]
 """
 
 from __future__ import annotations
@@ -35,14 +36,20 @@ def layouts(vocab: int, repeat: int) -> None:
         "transpose": np.ascontiguousarray(base.T).T,
         "Fortran order": np.asfortranarray(base),
     }
-    print(f"\nNumPy layouts, batch {batch} x vocab {vocab}, T 0.8 + top-k 50 + top-p 0.9, "
-          f"medians of {repeat}")
-    for name, array in cases.items():
-        contiguous = np.ascontiguousarray(array)
-        timing = harness.time_calls(lambda a=array: smp.sample(0, a, **SAMPLING), repeat=repeat,
-                                    paired=lambda c=contiguous: smp.sample(0, c, **SAMPLING))
-        print(f"  {name:14s} {timing.median_ms:8.1f} ms   C order {timing.paired_median_ms:8.1f} ms   "
-              f"{timing.median_ms / timing.paired_median_ms:.2f}x")
+    print(f"\nNumPy layouts, batch {batch} x vocab {vocab}, medians of {repeat}; paired with a C-order copy")
+    column_major = ("transpose", "Fortran order")
+    settings = {"T 0.8 + top-k 50 + top-p 0.9": SAMPLING, "top-p 0.9": {"top_p": 0.9},
+                "temperature 1": {}, "temperature 0": {"temperature": 0.0}}
+    for label, setting in settings.items():
+        print(f"  {label}")
+        for name, array in cases.items():
+            if setting is not SAMPLING and name not in column_major:
+                continue
+            contiguous = np.ascontiguousarray(array)
+            timing = harness.time_calls(lambda a=array, s=setting: smp.sample(0, a, **s), repeat=repeat,
+                                        paired=lambda c=contiguous, s=setting: smp.sample(0, c, **s))
+            print(f"    {name:14s} {timing.median_ms:8.1f} ms   C order {timing.paired_median_ms:8.1f} ms   "
+                  f"{timing.median_ms / timing.paired_median_ms:.2f}x")
 
 
 def all_greedy(vocab: int, repeat: int) -> None:
@@ -100,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--only", choices=("layouts", "greedy", "compile"), help="one of the three parts")
     args = parser.parse_args(argv)
     print(harness.machine_line())
-    layouts(args.vocab, args.repeat)
-    all_greedy(args.vocab, args.repeat)
-    compile_time(args.vocab)
+    if args.only in (None, "layouts"):
+        layouts(args.vocab, args.repeat)
+    if args.only in (None, "greedy"):
+        all_greedy(args.vocab, args.repeat)
+    if args.only in (None, "compile"):
+        compile_time(args.vocab)
     return 0
 
 

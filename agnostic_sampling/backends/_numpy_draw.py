@@ -16,6 +16,8 @@ from agnostic_sampling.backends._numpy_pipeline import _Kept
 from agnostic_sampling.backends._numpy_pipeline import _outside_mass_fine
 from agnostic_sampling.backends._numpy_pipeline import _row_chunks
 from agnostic_sampling.backends._numpy_pipeline import _Rows
+from agnostic_sampling.backends._numpy_pipeline import _rows_at_hand
+from agnostic_sampling.backends._numpy_pipeline import _take_rows
 from agnostic_sampling.backends._numpy_pipeline import _tempered
 from agnostic_sampling.backends._numpy_pipeline import _tempered_into
 from agnostic_sampling.backends._numpy_pipeline import _without
@@ -32,11 +34,13 @@ def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.nda
     ids = kept.first.copy()
     dense = np.flatnonzero(kept.dense)
     chunks = _row_chunks(dense.size, x.shape[1])
+    source, at = _rows_at_hand(x, dense)
     if dense.size:
         work = np.empty((chunks[0].stop - chunks[0].start, x.shape[1]), x.dtype)
     for part in chunks:
         rows = dense[part]
-        weight = _tempered_into(work[: rows.size], x, rows, kept.row_max[rows], prm.temperature[rows])
+        weight = _tempered_into(work[: rows.size], source, at[part], kept.row_max[rows],
+                                prm.temperature[rows])
         ids[rows] = _draw_by_blocks(np.exp(weight, out=weight), u[rows])
     for group in kept.groups:
         index, logit = group.index, group.logit
@@ -86,14 +90,17 @@ def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max:
     in_head = uniform[:, 0] * (head_mass + head.high) < head_mass
     unsure = np.flatnonzero(~in_head & (uniform[:, 0] * (head_mass + head.low) < head_mass))
     if unsure.size:
-        _, high = _outside_mass_fine(x, rows[unsure], row_max[unsure], temperature[unsure],
-                                     head.index[unsure], head.logit[unsure])
+        source, at = _rows_at_hand(x, rows[unsure])
+        _, high = _outside_mass_fine(source, at, row_max[unsure], temperature[unsure], head.index[unsure],
+                                     head.logit[unsure])
+        del source
         in_head[unsure] = uniform[unsure, 0] * (head_mass[unsure] + high) < head_mass[unsure]
     ids = np.empty(rows.size, np.int64)
     maybe_tail = np.flatnonzero(~in_head)
+    source, at = _rows_at_hand(x, rows[maybe_tail])
     for part in _row_chunks(maybe_tail.size, x.shape[1]):  # rare: the tail's exact weights decide
         some = maybe_tail[part]
-        weight = _tempered(x[rows[some]], row_max[some], temperature[some], in_place=True)
+        weight = _tempered(_take_rows(source, at[part]), row_max[some], temperature[some], in_place=True)
         np.exp(weight, out=weight)
         tail = _without(weight, head.index[some], head.logit[some]).sum(axis=-1, dtype=np.float64)
         in_head[some] = uniform[some, 0] * (head_mass[some] + tail) < head_mass[some]

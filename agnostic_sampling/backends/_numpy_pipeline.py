@@ -60,23 +60,59 @@ DENSE_HEAD = 16  # blocks in the head of a dense row's mixture draw
 CHUNK = 2**17  # logits per chunk of the row-wise passes that must stay in cache
 WIDE = 4096  # candidate lists wider than this are handled row by row, or by blocks
 TILE = 256  # rows and columns of the tiles that copy strided rows to C order
+COLUMN_TILE = 2048  # columns of the tiles that copy a few column-major rows
 
 
 
-def _rows(logits: np.ndarray) -> np.ndarray:
+def _rows(logits: np.ndarray, columns_ok: bool = False) -> np.ndarray:
     """The logits as a 2-D (rows, V) array in compute precision (float32, or float64).
 
     Rows stay a view when each row is contiguous (a broadcast row, a ``model_out[:, -1]`` slice):
     every pass reads a row as one run of memory, whatever the step between rows. Logits whose
     rows are strided (Fortran order, a transpose) are copied once to C order, because every pass
     over a strided row touches a cache line per logit, and row sums over it would lose NumPy's
-    pairwise summation.
+    pairwise summation. With ``columns_ok`` (a caller that reads whole rows only through
+    `_block_maxima` and `_take_rows`), column-major logits of the compute dtype stay a view.
     """
     dtype = np.float64 if logits.dtype == np.float64 else np.float32
     x = logits.reshape(-1, logits.shape[-1])  # a copy (in C order) only when no view exists
+    if columns_ok and _column_major(x) and x.dtype == dtype:
+        return x
     if x.shape[1] > 1 and x.strides[1] != x.itemsize:
         return _c_order(x, dtype)
     return x.astype(dtype, copy=False)
+
+
+def _column_major(x: np.ndarray) -> bool:
+    """Whether the 2-D ``x`` is a transpose of a C-ordered array with more than one row."""
+    return x.shape[0] > 1 and x.shape[1] > 1 and x.T.flags.c_contiguous
+
+
+def _rows_at_hand(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, rows)`` laid out for passes over whole rows.
+
+    As given, or for column-major ``x`` and several ``rows`` a C-ordered copy of those rows (one
+    read of the columns) and their indices in it.
+    """
+    if rows.size > 1 and _column_major(x):
+        return _take_rows(x, rows), np.arange(rows.size)
+    return x, rows
+
+
+def _take_rows(x: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``x[rows]`` as a C-ordered array (into ``out`` if given), reading only those rows.
+
+    Column-major rows are copied a tile of columns at a time, so that every cache line read
+    (holding the same token of neighbouring rows) serves all of ``rows`` before it is evicted.
+    """
+    if out is None:
+        out = np.empty((rows.size, x.shape[1]), x.dtype)
+    if not _column_major(x):
+        out[...] = x[rows]
+        return out
+    for column in range(0, x.shape[1], COLUMN_TILE):
+        out[:, column : column + COLUMN_TILE] = x[rows, column : column + COLUMN_TILE]
+    return out
 
 
 def _c_order(x: np.ndarray, dtype: Any) -> np.ndarray:
@@ -93,12 +129,12 @@ def _c_order(x: np.ndarray, dtype: Any) -> np.ndarray:
     return out
 
 
-def _shaped_rows(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+def _shaped_rows(logits: np.ndarray, params: SamplingParams, columns_ok: bool = False) -> np.ndarray:
     """`_rows`, then the logit shaping when ``params`` asks for it.
 
     The shaping makes a new array: the caller's logits are never written.
     """
-    x = _rows(logits)
+    x = _rows(logits, columns_ok and not _shaping.present(params))
     if _shaping.present(params):
         x = _shaping.shape(x, params, logits.shape[:-1], np)
     return x
@@ -182,7 +218,27 @@ def _block_maxima(x: np.ndarray) -> np.ndarray:
     ``maximum.reduceat`` runs one long loop per row; a reshape to (rows, blocks, BLOCK) and a
     ``max`` over the last axis would pay a loop set-up per block (measured: 2.5x slower).
     """
-    return np.maximum.reduceat(x, np.arange(0, x.shape[1], BLOCK), axis=1)
+    if not _column_major(x):
+        return np.maximum.reduceat(x, np.arange(0, x.shape[1], BLOCK), axis=1)
+    # Column-major: reduce (blocks, BLOCK, rows) over its middle axis, every read contiguous
+    # (``reduceat`` along the first axis of the transpose is 20x slower).
+    columns, full = x.T, x.shape[1] // BLOCK
+    out = np.empty(((x.shape[1] + BLOCK - 1) // BLOCK, x.shape[0]), x.dtype)
+    if full:
+        np.max(columns[: full * BLOCK].reshape(full, BLOCK, x.shape[0]), axis=1, out=out[:full])
+    if x.shape[1] % BLOCK:
+        np.max(columns[full * BLOCK :], axis=0, out=out[full])
+    return np.ascontiguousarray(out.T)
+
+
+def _first_of_max(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray) -> np.ndarray:
+    """The first argmax of ``rows``: the first block holding the row's maximum, then inside it.
+
+    For column-major ``x``, whose ``argmax`` along a row reads a cache line per logit.
+    """
+    block = block_max.argmax(axis=-1)
+    value = _gather(x, rows, block[:, None])
+    return block * BLOCK + value.argmax(axis=-1)
 
 
 def _choose_blocks(block_max: np.ndarray, n_blocks: int) -> tuple[np.ndarray | None, np.ndarray]:
@@ -205,7 +261,7 @@ def _gather(x: np.ndarray, rows: np.ndarray, blocks: np.ndarray | None) -> np.nd
     """
     vocab = x.shape[1]
     if blocks is None:
-        return x[rows]
+        return _take_rows(x, rows)
     if vocab % BLOCK == 0:  # copy whole blocks rather than single tokens
         return x.reshape(x.shape[0], -1, BLOCK)[rows[:, None], blocks].reshape(rows.size, -1)
     index = (blocks[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(rows.size, -1)
@@ -507,8 +563,10 @@ def _truncate_rows(x: np.ndarray, rows: np.ndarray, prm: _Rows, block_max: np.nd
             break
         # The block bounds did not settle the nucleus: tighter bounds, then the exact mass.
         redo = np.flatnonzero(ambiguous)
-        bounds = outside_mass(x, rows[redo], row_max[redo], prm.temperature[redo], head.index[redo],
+        source, at = _rows_at_hand(x, rows[redo])
+        bounds = outside_mass(source, at, row_max[redo], prm.temperature[redo], head.index[redo],
                               head.logit[redo])
+        del source
         low, high = bounds if isinstance(bounds, tuple) else (bounds, bounds)
         total = (inside[redo] + low, inside[redo] + high)
         count[redo], exhausted[redo], ambiguous[redo] = _truncate(ordered[redo], valid[redo], complete[redo],
@@ -522,7 +580,7 @@ def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
     """Decide every row's kept set. ``x`` is (N, V) in compute precision."""
     n_rows = x.shape[0]
     greedy = prm.temperature == 0
-    block_max = None if greedy.all() else _block_maxima(x)
+    block_max = None if greedy.all() and not _column_major(x) else _block_maxima(x)
     row_max = x.max(axis=-1) if block_max is None else block_max.max(axis=-1)
     status = _status(row_max)
     if status.any():
@@ -530,7 +588,9 @@ def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
 
     first = np.zeros(n_rows, np.int64)
     greedy_rows = np.flatnonzero(greedy)
-    if greedy_rows.size:
+    if greedy_rows.size and _column_major(x):
+        first[greedy_rows] = _first_of_max(x, greedy_rows, block_max[greedy_rows])
+    elif greedy_rows.size:
         first[greedy_rows] = (x if greedy_rows.size == n_rows else x[greedy_rows]).argmax(axis=-1)
 
     truncating = ~greedy & ((prm.top_k > 0) | (prm.top_p < 1) | (prm.min_p > 0))
@@ -570,7 +630,7 @@ def _subtract_rows(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, out: np
     if x.flags.c_contiguous:
         np.take(x, rows, axis=0, out=out)
     else:
-        out[...] = x[rows]
+        _take_rows(x, rows, out)
     out -= row_max[:, None]
 
 

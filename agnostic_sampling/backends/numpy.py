@@ -129,7 +129,7 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
     batch_shape = logits.shape[:-1]
     if isinstance(params, Chain) or _strategies.present(params):
         return _sample_refined(key, logits, params)
-    x = _shaped_rows(logits, params)
+    x = _shaped_rows(logits, params, columns_ok=True)  # `_pipeline` and the draws read column-major rows well
     prm = _Rows.from_params(params, batch_shape, x.dtype)
     seeded = isinstance(key, SeedWords)
     uniform = uniforms(key, batch_shape, np).reshape(-1) if seeded else key.random((x.shape[0], 2))
