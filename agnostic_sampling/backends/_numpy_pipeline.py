@@ -581,17 +581,21 @@ def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
     n_rows = x.shape[0]
     greedy = prm.temperature == 0
     block_max = None if greedy.all() and not _column_major(x) else _block_maxima(x)
-    row_max = x.max(axis=-1) if block_max is None else block_max.max(axis=-1)
+    if block_max is None:  # every row greedy: one pass, as `greedy` (NaN and +inf are argmaxes)
+        first = x.argmax(axis=-1).astype(np.int64, copy=False)
+        row_max = np.take_along_axis(x, first[:, None], -1)[:, 0]
+    else:
+        first = np.zeros(n_rows, np.int64)
+        row_max = block_max.max(axis=-1)
     status = _status(row_max)
     if status.any():
         return None, status
 
-    first = np.zeros(n_rows, np.int64)
-    greedy_rows = np.flatnonzero(greedy)
+    greedy_rows = np.flatnonzero(greedy) if block_max is not None else np.zeros(0, np.int64)
     if greedy_rows.size and _column_major(x):
         first[greedy_rows] = _first_of_max(x, greedy_rows, block_max[greedy_rows])
     elif greedy_rows.size:
-        first[greedy_rows] = (x if greedy_rows.size == n_rows else x[greedy_rows]).argmax(axis=-1)
+        first[greedy_rows] = x[greedy_rows].argmax(axis=-1)
 
     truncating = ~greedy & ((prm.top_k > 0) | (prm.top_p < 1) | (prm.min_p > 0))
     cut = np.full(n_rows, -np.inf, x.dtype)
