@@ -119,12 +119,13 @@ def test_no_private_part_imports_a_backends_face() -> None:
     and no NumPy part imports a JAX part (NumPy-only installs must never reach JAX)."""
     folder = Path(backends.__file__).parent
     parts = sorted(p for p in folder.glob("_*.py") if p.stem != "__init__")
-    assert {"_numpy_pipeline", "_numpy_draw", "_numpy_logprobs", "_numpy_chain"} <= {p.stem for p in parts}
+    numpy_parts = {"_numpy_rows", "_numpy_pipeline", "_numpy_draw", "_numpy_logprobs", "_numpy_chain"}
+    assert numpy_parts <= {p.stem for p in parts}
     for path in parts:
         imported = _backend_imports(path)
         assert not imported & {"numpy", "jax"}, path.stem
         if not path.stem.startswith("_jax"):
             assert not any(name.startswith("_jax") for name in imported), path.stem
     numpy_face = _backend_imports(folder / "numpy.py")
-    assert {"_numpy_pipeline", "_numpy_draw", "_numpy_logprobs", "_numpy_chain"} <= numpy_face
+    assert numpy_parts <= numpy_face
     assert not any(name.startswith("_jax") for name in numpy_face)

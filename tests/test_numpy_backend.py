@@ -17,11 +17,12 @@ from agnostic_sampling.backends import _numpy_chain
 from agnostic_sampling.backends import _numpy_draw
 from agnostic_sampling.backends import _numpy_logprobs
 from agnostic_sampling.backends import _numpy_pipeline as pipeline
+from agnostic_sampling.backends import _numpy_rows
 from agnostic_sampling.backends import numpy as nb
 from agnostic_sampling.stats import assert_samples_match
 from agnostic_sampling.stats import reference_probs
 
-PARTS = [nb, pipeline, _numpy_draw, _numpy_logprobs, _numpy_chain]  # the NumPy backend's modules
+PARTS = [nb, pipeline, _numpy_rows, _numpy_draw, _numpy_logprobs, _numpy_chain]  # the NumPy backend's modules
 
 
 def patch_backend(monkeypatch: pytest.MonkeyPatch, name: str, value: Any) -> None:
@@ -183,7 +184,7 @@ def test_mass_bounds_contain_the_exact_mass(temperature, seed):
     assert (fine_low <= exact * (1 + 1e-6) + tiny).all() and (exact <= fine_high * (1 + 1e-6)).all()
     assert (fine_high <= 1.07 * exact + 1e-30).all()  # the tighter bounds are within 6.2%
     # the head is exactly the tokens above the threshold: its mass and the rest make the total
-    total = np.exp(pipeline._tempered(x, row_max, t)).sum(axis=-1, dtype=np.float64)
+    total = np.exp(_numpy_rows._tempered(x, row_max, t)).sum(axis=-1, dtype=np.float64)
     inside = np.exp(head.logit.astype(np.float64)).sum(axis=-1)
     np.testing.assert_allclose(inside + exact, total, rtol=1e-5)
 

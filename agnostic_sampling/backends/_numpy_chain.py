@@ -20,8 +20,8 @@ from agnostic_sampling.backends._numpy_pipeline import BLOCK
 from agnostic_sampling.backends._numpy_pipeline import _block_maxima
 from agnostic_sampling.backends._numpy_pipeline import _choose_blocks
 from agnostic_sampling.backends._numpy_pipeline import _gather
-from agnostic_sampling.backends._numpy_pipeline import _rows
 from agnostic_sampling.backends._numpy_pipeline import _status
+from agnostic_sampling.backends._numpy_rows import _rows
 
 
 def _chain_rows(logits: np.ndarray, chain: Chain, shaped: bool = True) -> tuple[np.ndarray, np.ndarray]:

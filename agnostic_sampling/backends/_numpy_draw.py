@@ -16,11 +16,11 @@ from agnostic_sampling.backends._numpy_pipeline import _Kept
 from agnostic_sampling.backends._numpy_pipeline import _outside_mass_fine
 from agnostic_sampling.backends._numpy_pipeline import _row_chunks
 from agnostic_sampling.backends._numpy_pipeline import _Rows
-from agnostic_sampling.backends._numpy_pipeline import _rows_at_hand
-from agnostic_sampling.backends._numpy_pipeline import _take_rows
-from agnostic_sampling.backends._numpy_pipeline import _tempered
-from agnostic_sampling.backends._numpy_pipeline import _tempered_into
 from agnostic_sampling.backends._numpy_pipeline import _without
+from agnostic_sampling.backends._numpy_rows import _rows_at_hand
+from agnostic_sampling.backends._numpy_rows import _take_rows
+from agnostic_sampling.backends._numpy_rows import _tempered
+from agnostic_sampling.backends._numpy_rows import _tempered_into
 
 
 def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.ndarray) -> np.ndarray:

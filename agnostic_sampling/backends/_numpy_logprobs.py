@@ -23,9 +23,9 @@ from agnostic_sampling.backends._numpy_pipeline import _gather
 from agnostic_sampling.backends._numpy_pipeline import _pipeline
 from agnostic_sampling.backends._numpy_pipeline import _row_chunks
 from agnostic_sampling.backends._numpy_pipeline import _Rows
-from agnostic_sampling.backends._numpy_pipeline import _rows
-from agnostic_sampling.backends._numpy_pipeline import _shaped_rows
-from agnostic_sampling.backends._numpy_pipeline import _subtract_rows
+from agnostic_sampling.backends._numpy_rows import _rows
+from agnostic_sampling.backends._numpy_rows import _shaped_rows
+from agnostic_sampling.backends._numpy_rows import _subtract_rows
 
 
 @dataclass

@@ -50,8 +50,12 @@ from agnostic_sampling.backends import ROW_NAN
 from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
-from agnostic_sampling.backends import _shaping
 from agnostic_sampling.backends import _strategies
+from agnostic_sampling.backends._numpy_rows import _column_major
+from agnostic_sampling.backends._numpy_rows import _rows_at_hand
+from agnostic_sampling.backends._numpy_rows import _subtract_rows
+from agnostic_sampling.backends._numpy_rows import _take_rows
+from agnostic_sampling.backends._numpy_rows import _tempered_into
 
 BLOCK = 256  # logits per block of the block-maximum pass
 MIN_CANDIDATES = 32  # first candidate count for rows whose kept-set size is unknown (top-p, min-p)
@@ -59,85 +63,6 @@ GROWTH = 8  # how much the candidate list grows when a row needs more
 DENSE_HEAD = 16  # blocks in the head of a dense row's mixture draw
 CHUNK = 2**17  # logits per chunk of the row-wise passes that must stay in cache
 WIDE = 4096  # candidate lists wider than this are handled row by row, or by blocks
-TILE = 256  # rows and columns of the tiles that copy strided rows to C order
-COLUMN_TILE = 2048  # columns of the tiles that copy a few column-major rows
-
-
-
-def _rows(logits: np.ndarray, columns_ok: bool = False) -> np.ndarray:
-    """The logits as a 2-D (rows, V) array in compute precision (float32, or float64).
-
-    Rows stay a view when each row is contiguous (a broadcast row, a ``model_out[:, -1]`` slice):
-    every pass reads a row as one run of memory, whatever the step between rows. Logits whose
-    rows are strided (Fortran order, a transpose) are copied once to C order, because every pass
-    over a strided row touches a cache line per logit, and row sums over it would lose NumPy's
-    pairwise summation. With ``columns_ok`` (a caller that reads whole rows only through
-    `_block_maxima` and `_take_rows`), column-major logits of the compute dtype stay a view.
-    """
-    dtype = np.float64 if logits.dtype == np.float64 else np.float32
-    x = logits.reshape(-1, logits.shape[-1])  # a copy (in C order) only when no view exists
-    if columns_ok and _column_major(x) and x.dtype == dtype:
-        return x
-    if x.shape[1] > 1 and x.strides[1] != x.itemsize:
-        return _c_order(x, dtype)
-    return x.astype(dtype, copy=False)
-
-
-def _column_major(x: np.ndarray) -> bool:
-    """Whether the 2-D ``x`` is a transpose of a C-ordered array with more than one row."""
-    return x.shape[0] > 1 and x.shape[1] > 1 and x.T.flags.c_contiguous
-
-
-def _rows_at_hand(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, rows)`` laid out for passes over whole rows.
-
-    As given, or for column-major ``x`` and several ``rows`` a C-ordered copy of those rows (one
-    read of the columns) and their indices in it.
-    """
-    if rows.size > 1 and _column_major(x):
-        return _take_rows(x, rows), np.arange(rows.size)
-    return x, rows
-
-
-def _take_rows(x: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``x[rows]`` as a C-ordered array (into ``out`` if given), reading only those rows.
-
-    Column-major rows are copied a tile of columns at a time, so that every cache line read
-    (holding the same token of neighbouring rows) serves all of ``rows`` before it is evicted.
-    """
-    if out is None:
-        out = np.empty((rows.size, x.shape[1]), x.dtype)
-    if not _column_major(x):
-        out[...] = x[rows]
-        return out
-    for column in range(0, x.shape[1], COLUMN_TILE):
-        out[:, column : column + COLUMN_TILE] = x[rows, column : column + COLUMN_TILE]
-    return out
-
-
-def _c_order(x: np.ndarray, dtype: Any) -> np.ndarray:
-    """A C-ordered copy of a 2-D array whose rows are strided, tile by tile.
-
-    Both the tile read and the tile written stay in cache; one whole-array copy across layouts
-    would stride through memory on one side (measured: 2-3x slower at 256 x 50257).
-    """
-    out = np.empty(x.shape, dtype)
-    for start in range(0, x.shape[0], TILE):
-        for column in range(0, x.shape[1], TILE):
-            tile = (slice(start, start + TILE), slice(column, column + TILE))
-            out[tile] = x[tile]
-    return out
-
-
-def _shaped_rows(logits: np.ndarray, params: SamplingParams, columns_ok: bool = False) -> np.ndarray:
-    """`_rows`, then the logit shaping when ``params`` asks for it.
-
-    The shaping makes a new array: the caller's logits are never written.
-    """
-    x = _rows(logits, columns_ok and not _shaping.present(params))
-    if _shaping.present(params):
-        x = _shaping.shape(x, params, logits.shape[:-1], np)
-    return x
 
 
 def _row_values(value: Any, batch_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -612,42 +537,6 @@ def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
             n_blocks *= GROWTH
     dense = ~greedy & ~truncating
     return _Kept(row_max, greedy, first, dense, cut, block_max, groups), status
-
-
-def _tempered_into(out: np.ndarray, x: np.ndarray, rows: np.ndarray, row_max: np.ndarray,
-                   temperature: np.ndarray) -> np.ndarray:
-    """`_tempered` of ``x[rows]``, written into ``out`` (no allocation; the same arithmetic)."""
-    _subtract_rows(x, rows, row_max, out=out)
-    out /= np.where(temperature == 0, 1, temperature).astype(x.dtype)[:, None]
-    return out
-
-
-def _subtract_rows(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, out: np.ndarray) -> None:
-    """``out = x[rows] - row_max[:, None]`` in one pass (no copy of a single row first).
-
-    ``np.take`` copies a source that is not C-contiguous whole before taking from it, so rows of
-    a view (a broadcast or sliced batch) are gathered by indexing, which reads only those rows.
-    """
-    if rows.size == 1:
-        np.subtract(x[rows[0]], row_max[0], out=out[0])
-        return
-    if x.flags.c_contiguous:
-        np.take(x, rows, axis=0, out=out)
-    else:
-        _take_rows(x, rows, out)
-    out -= row_max[:, None]
-
-
-def _tempered(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
-              in_place: bool = False) -> np.ndarray:
-    """``(x - max) / T`` per row, in a new C-ordered array; rows with ``T == 0`` give 0 at the max.
-
-    With ``in_place``, in ``x`` instead (a C-ordered array of the backend's own).
-    """
-    safe = np.where(temperature == 0, 1, temperature).astype(x.dtype)
-    out = np.subtract(x, row_max[:, None], out=x if in_place else None, order="C")
-    out /= safe[:, None]
-    return out
 
 
 def _refined(z: np.ndarray, params: SamplingParams, batch_shape: tuple[int, ...]) -> np.ndarray:

@@ -33,10 +33,10 @@ from agnostic_sampling.backends._numpy_logprobs import kept_logprobs
 from agnostic_sampling.backends._numpy_pipeline import _pipeline
 from agnostic_sampling.backends._numpy_pipeline import _refined
 from agnostic_sampling.backends._numpy_pipeline import _Rows
-from agnostic_sampling.backends._numpy_pipeline import _rows
-from agnostic_sampling.backends._numpy_pipeline import _shaped_rows
 from agnostic_sampling.backends._numpy_pipeline import _status
-from agnostic_sampling.backends._numpy_pipeline import _tempered
+from agnostic_sampling.backends._numpy_rows import _rows
+from agnostic_sampling.backends._numpy_rows import _shaped_rows
+from agnostic_sampling.backends._numpy_rows import _tempered
 
 # --------------------------------------------------------------------------------------------
 # Conversions at the boundary
