@@ -1,8 +1,8 @@
 """Decode loops: `generate` for a model that maps ids to logits, `generate_with_state` for a step.
 
-This module validates a request once (parameters, key, prompt, lengths) and runs the NumPy loop;
-the JAX loop lives in ``_generate_jax``, imported only when the JAX backend is chosen. Both loops
-call the backend module's ``sample`` directly at each position.
+The request is validated once (parameters, key, prompt, lengths) by ``_decode.request``; the
+NumPy loop lives in ``_generate_numpy``, the JAX loop in ``_generate_jax`` (imported only when the
+JAX backend is chosen). Both loops call the backend module's ``sample`` directly at each position.
 
 Layout and padding side
 -----------------------
@@ -34,44 +34,17 @@ decoded alone.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
 
-import numpy as np
-
-from agnostic_sampling import _dispatch
+from agnostic_sampling import _decode
+from agnostic_sampling import _generate_numpy
 from agnostic_sampling._chain import Chain
-from agnostic_sampling._chain import with_keywords
-from agnostic_sampling._checks import check_logits
-from agnostic_sampling._checks import raise_bad_rows
-from agnostic_sampling._decode import Request
-from agnostic_sampling._decode import check_top_logprobs
-from agnostic_sampling._decode import wrong_shape
-from agnostic_sampling._dispatch import is_tracer
-from agnostic_sampling._keys import as_backend_key
-from agnostic_sampling._mirostat import loop_options
-from agnostic_sampling._mirostat import next_mu
-from agnostic_sampling._mirostat import with_bound
 from agnostic_sampling._params import SamplingParams
-from agnostic_sampling._params import resolve_params
-from agnostic_sampling._params import validate_params
-from agnostic_sampling._seed import SeedWords
-from agnostic_sampling._seed import advance
-from agnostic_sampling._seed import per_row
-from agnostic_sampling.backends import numpy as numpy_backend
-from agnostic_sampling.backends._loop_shaping import Counts
-from agnostic_sampling.backends._loop_shaping import LoopShaping
-from agnostic_sampling.backends._loop_shaping import advance_counts
-from agnostic_sampling.backends._loop_shaping import initial_counts
-from agnostic_sampling.backends._loop_shaping import sampling_params
-from agnostic_sampling.backends._loop_shaping import shape_step
 
 __all__ = ["GenerateResult", "generate", "generate_with_state"]
-
-_LOGPROB_KINDS = ("processed", "raw")
 
 
 class GenerateResult(NamedTuple):
@@ -244,7 +217,7 @@ def generate(
         >>> out.ids.tolist(), out.num_generated.tolist()
         ([[0, 1, 2, 3, -1], [2, 3, -1, -1, -1]], [2, 1])
     """
-    request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
+    request = _decode.request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
                        top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens, mirostat,
                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
                        typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma,
@@ -254,9 +227,10 @@ def generate(
                        presence_penalty=presence_penalty,
                        no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words, dry=dry)
     if context_size is not None:
-        context_size = _positive_int("context_size", context_size)
+        context_size = _decode.positive_int("context_size", context_size)
     if request.backend == "numpy":
-        return _NumpyLoop(request, model=model, context_size=context_size).run()
+        loop = _generate_numpy.NumpyLoop(request, model=model, context_size=context_size)
+        return GenerateResult(*loop.run())
     from agnostic_sampling import _generate_jax  # imports JAX: only once the JAX backend is chosen
 
     return GenerateResult(*_generate_jax.run(request, model, stateful=False, state=None,
@@ -345,7 +319,7 @@ def generate_with_state(
         >>> out.ids.tolist(), out.state
         ([[0, 1, 2, 3, 0]], 3)
     """
-    request = _request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
+    request = _decode.request(key, prompt, max_new_tokens, eos_id, pad_id, prompt_lengths, return_logprobs,
                        top_logprobs, backend, params, penalty_scope, penalty_window, min_tokens, mirostat,
                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, min_keep=min_keep,
                        typical_p=typical_p, epsilon=epsilon, eta=eta, top_n_sigma=top_n_sigma,
@@ -355,306 +329,7 @@ def generate_with_state(
                        presence_penalty=presence_penalty,
                        no_repeat_ngram_size=no_repeat_ngram_size, bad_words=bad_words, dry=dry)
     if request.backend == "numpy":
-        return _NumpyLoop(request, step=step, state=state).run()
+        return GenerateResult(*_generate_numpy.NumpyLoop(request, step=step, state=state).run())
     from agnostic_sampling import _generate_jax  # imports JAX: only once the JAX backend is chosen
 
     return GenerateResult(*_generate_jax.run(request, step, stateful=True, state=state, context_size=None))
-
-
-# --------------------------------------------------------------------------------------------
-# Validation (pure Python and metadata, before any array work)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {int(value)}")
-    return int(value)
-
-
-def _token_id(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int token id, got {type(value).__name__} {value!r}")
-    return int(value)
-
-
-def _logprob_options(return_logprobs: Any, top_logprobs: Any) -> tuple[str | None, int]:
-    """``(kind or None, top_n)`` from `generate`'s ``return_logprobs`` and ``top_logprobs``."""
-    if return_logprobs is None or (isinstance(return_logprobs, (bool, np.bool_)) and not return_logprobs):
-        kind = None
-    elif isinstance(return_logprobs, (bool, np.bool_)):
-        kind = "processed"
-    elif isinstance(return_logprobs, str) and return_logprobs in _LOGPROB_KINDS:
-        kind = return_logprobs
-    else:
-        raise ValueError(f"return_logprobs must be one of False, True, 'processed' (the same as True) "
-                         f"or 'raw', got {return_logprobs!r}")
-    if isinstance(top_logprobs, (bool, np.bool_)) or not isinstance(top_logprobs, (int, np.integer)):
-        raise TypeError(f"top_logprobs must be an int (static on JAX), got "
-                        f"{type(top_logprobs).__name__} {top_logprobs!r}")
-    if top_logprobs < 0:
-        raise ValueError(f"top_logprobs must be >= 0 (how many alternatives per position), got "
-                         f"{int(top_logprobs)}")
-    if top_logprobs and kind is None:
-        raise ValueError(f"top_logprobs={int(top_logprobs)} needs return_logprobs: pass "
-                         f"return_logprobs='processed' (the sampling distribution) or 'raw' "
-                         f"(log_softmax of the logits) to say which distribution they come from")
-    return kind, int(top_logprobs)
-
-
-def _request(key: Any, prompt: Any, max_new_tokens: Any, eos_id: Any, pad_id: Any, prompt_lengths: Any,
-             return_logprobs: Any, top_logprobs: Any, backend: str | None, params: SamplingParams | None,
-             penalty_scope: Any, penalty_window: Any, min_tokens: Any, mirostat: Any,
-             **keywords: Any) -> Request:
-    """Validate everything that can be checked before the loop, and pick the backend once.
-
-    The sampling parameters are validated here against the batch shape ``(B,)``, and the key is
-    converted here, so the loops call the backend's functions directly at every position.
-    """
-    name = _dispatch.backend_name(prompt, backend)
-    module = _dispatch.get_backend(name)  # the JAX backend registers SamplingParams as a pytree
-    prompt = module.asarray(prompt)
-    if prompt.ndim != 2:
-        hint = "; for one prompt use prompt[None]" if prompt.ndim == 1 else ""
-        raise ValueError(f"prompt must have shape (batch, length), got shape {tuple(prompt.shape)}{hint}")
-    dtype = np.dtype(prompt.dtype)
-    if not np.issubdtype(dtype, np.integer):
-        raise TypeError(f"prompt must hold integer token ids, got dtype {dtype}")
-    batch, width = prompt.shape
-    if batch == 0 or width == 0:
-        raise ValueError(f"prompt is empty (shape {tuple(prompt.shape)}); give at least one token per row")
-    max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
-    eos_ids = _eos_ids(eos_id)
-    pad_id = _token_id("pad_id", pad_id)
-    kind, top_n = _logprob_options(return_logprobs, top_logprobs)
-
-    chain = None
-    if isinstance(params, Chain):  # its shaping keywords are checked here, its steps run by the backend
-        chain = with_keywords(params, (batch,), None, keywords, history_supplied=True)
-        params, keywords = chain.as_params(), {}
-        if params is None:
-            params = chain.shaping or SamplingParams()
-        else:
-            chain = None  # the default order: the keyword path
-    resolved = resolve_params(params, **keywords)
-    for field in ("history", "history_lengths"):
-        if getattr(resolved, field) is not None:
-            raise ValueError(f"the decode loops count each row's own history (its prompt and generated "
-                             f"tokens) for the penalties: do not pass {field}= (penalty_scope and "
-                             f"penalty_window say what counts)")
-    validate_params(resolved, (batch,), history_supplied=True)
-    shaping, min_tokens = _loop_shaping(resolved, penalty_scope, penalty_window, min_tokens, eos_ids, batch)
-    lengths = module.asarray(_lengths(prompt_lengths, batch, width, name))
-    rng = as_backend_key(key, module, prompt, argument="prompt")
-    if isinstance(rng, SeedWords):  # one (seed, position) per row, advanced per position by the loop
-        rng = per_row(rng, batch, np if name == "numpy" else module.jnp)
-    if chain is not None:  # the backend applies the bias and the masks unless the loop shapes
-        loop_params = chain if shaping is None else dataclasses.replace(chain, shaping=None)
-    else:
-        loop_params = resolved if shaping is None else sampling_params(resolved)
-    options = loop_options(mirostat, chain if chain is not None else resolved, batch)
-    return Request(name, rng, prompt, lengths, max_new_tokens, eos_ids, pad_id, kind, top_n, loop_params,
-                   shaping, resolved, min_tokens, options)
-
-
-def _eos_ids(eos_id: Any) -> tuple[int, ...]:
-    """``eos_id`` (``None``, an id or a sequence of ids) as a tuple of ints."""
-    if eos_id is None:
-        return ()
-    if isinstance(eos_id, (list, tuple, np.ndarray)):
-        ids = tuple(_token_id("eos_id", i) for i in np.asarray(eos_id).reshape(-1).tolist())
-        if not ids:
-            raise ValueError("eos_id is an empty sequence; pass None for no EOS")
-        return ids
-    return (_token_id("eos_id", eos_id),)
-
-
-_SCOPES = {None: ("all", "output"), "output": ("output", "output"), "prompt_and_output": ("all", "all")}
-
-
-def _loop_shaping(params: SamplingParams, penalty_scope: Any, penalty_window: Any, min_tokens: Any,  # noqa: C901
-                  eos_ids: tuple[int, ...], batch: int) -> tuple[LoopShaping | None, Any]:
-    """The loop's static shaping configuration and the ``min_tokens`` per row.
-
-    The configuration is ``None`` when the loop shapes nothing.
-    """
-    if penalty_scope not in _SCOPES:
-        raise ValueError(f"penalty_scope must be None (repetition over prompt and output, frequency "
-                         f"and presence over the output, as vLLM), 'output' or 'prompt_and_output', "
-                         f"got {penalty_scope!r}")
-    if penalty_window is not None:
-        penalty_window = _positive_int("penalty_window", penalty_window)
-    if min_tokens is not None:
-        if not eos_ids:
-            raise ValueError("min_tokens bans the EOS ids until a row has generated that many: "
-                             "it needs eos_id")
-        counts = np.asarray(min_tokens)
-        if not np.issubdtype(counts.dtype, np.integer) or counts.dtype == bool:
-            raise TypeError(f"min_tokens must be integers, got dtype {counts.dtype}")
-        try:
-            min_tokens = np.broadcast_to(counts, (batch,)).astype(np.int64)
-        except ValueError:
-            raise ValueError(f"min_tokens has shape {counts.shape}, which does not broadcast to the "
-                             f"batch ({batch},)") from None
-        if (min_tokens < 0).any():
-            raise ValueError(f"min_tokens must be >= 0, got {int(min_tokens.min())}")
-    repetition_scope, frequency_scope = _SCOPES[penalty_scope]
-    if params.repetition_penalty is None:
-        repetition_scope = None
-    if params.frequency_penalty is None and params.presence_penalty is None:
-        frequency_scope = None
-    sequences = any(v is not None for v in (params.no_repeat_ngram_size, params.bad_words, params.dry))
-    if repetition_scope is None and frequency_scope is None and min_tokens is None and not sequences:
-        return None, None  # the backend's sample applies the bias and the masks
-    config = LoopShaping(repetition_scope, frequency_scope, penalty_window, eos_ids, min_tokens is not None,
-                         sequences)
-    return config, min_tokens
-
-
-def _lengths(prompt_lengths: Any, batch: int, width: int, backend: str) -> Any:
-    """Per-row prompt lengths as a (B,) array (int64 on NumPy, int32 on JAX), checked when concrete."""
-    dtype = np.int64 if backend == "numpy" else np.int32
-    if prompt_lengths is None:
-        return np.full(batch, width, dtype)
-    if is_tracer(prompt_lengths):
-        if prompt_lengths.shape != (batch,):
-            raise ValueError(f"prompt_lengths must have shape ({batch},), got {prompt_lengths.shape}")
-        return prompt_lengths.astype("int32")
-    lengths = np.asarray(prompt_lengths)
-    if lengths.shape != (batch,):
-        raise ValueError(f"prompt_lengths must have shape ({batch},) (one per prompt row), "
-                         f"got {lengths.shape}")
-    if not np.issubdtype(lengths.dtype, np.integer):
-        raise TypeError(f"prompt_lengths must be integers, got dtype {lengths.dtype}")
-    if (lengths < 1).any():
-        row = int(np.argmax(lengths < 1))
-        raise ValueError(f"prompt row {row} is empty (prompt_lengths[{row}] = {int(lengths[row])}); "
-                         "every row needs at least one token")
-    if (lengths > width).any():
-        row = int(np.argmax(lengths > width))
-        raise ValueError(f"prompt_lengths[{row}] = {int(lengths[row])} is longer than the prompt "
-                         f"array's width {width}")
-    return lengths.astype(dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# NumPy: a Python loop
-
-
-class _NumpyLoop:
-    """One decode on NumPy; ``model`` (the plain form) or ``step`` and ``state`` (the cached form)."""
-
-    def __init__(self, request: Request, *, model: Any = None, context_size: int | None = None,
-                 step: Any = None, state: Any = None):
-        self.request, self.model, self.context_size = request, model, context_size
-        self.step, self.state = step, state
-        self.vocab: int | None = None
-        self.counts: Counts | None = None  # the penalties' counts, once the vocabulary is known
-        self.mu = None if request.mirostat is None else 2 * request.mirostat[0]  # mirostat's states
-
-    def logits_at(self, t: int, ids: np.ndarray) -> np.ndarray:
-        """The logits of position ``t + 1`` for every row, ``(B, V)``."""
-        batch = ids.shape[0]
-        if self.step is not None:
-            fed = np.ascontiguousarray(ids[:, t])
-            logits, self.state = self.step(self.state, fed)
-            logits = np.asarray(logits)
-            shape = tuple(np.shape(logits))
-            if len(shape) != 2 or shape[0] != batch or shape[1] != (self.vocab or shape[1]):
-                raise wrong_shape("step", shape, f"(B, V) = ({batch}, {self.vocab or 'V'})", f"({batch},)")
-        else:
-            start = 0 if self.context_size is None else max(0, t + 1 - self.context_size)
-            window = ids[:, start:t + 1]
-            out = np.asarray(self.model(window))
-            shape = tuple(np.shape(out))
-            if len(shape) != 3 or shape[:2] != window.shape or shape[2] != (self.vocab or shape[2]):
-                expected = f"(B, t, V) = ({batch}, {window.shape[1]}, {self.vocab or 'V'})"
-                raise wrong_shape("model", shape, expected, str(window.shape))
-            logits = out[:, -1]
-        self.vocab = shape[-1]
-        return logits
-
-    def draw(self, t: int, logits: np.ndarray, generated: np.ndarray, ids: np.ndarray,
-             taking: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        """One token per row from the logits of position ``t + 1``.
-
-        And when asked, its log-probability, top ids and top log-probabilities; bad logits are
-        reported with the position that produced them.
-        """
-        request = self.request
-        try:
-            check_logits(logits)
-            model_logits = logits
-            if request.shaping is not None:  # bias, penalties, sequence bans, min_tokens: the loop's
-                precision = np.float64 if logits.dtype == np.float64 else np.float32
-                logits = shape_step(request.shaping, logits.astype(precision, copy=False), self.counts,
-                                    generated, request.min_tokens, request.shaping_params, np, ids, t)
-            key = advance(request.key, t + 1, np) if isinstance(request.key, SeedWords) else request.key
-            params = request.params if request.mirostat is None else with_bound(request.params, self.mu, np)
-            tokens, status = numpy_backend.sample(key, logits, params)
-            raise_bad_rows(status, logits.shape)
-            if request.mirostat is not None:  # the state moves by the token's surprise where it was drawn
-                (surprise, *_), _ = numpy_backend.logprobs(logits, tokens, params, "processed", 0)
-                self.mu = np.where(taking, next_mu(self.mu, surprise, *request.mirostat), self.mu)
-        except ValueError as error:
-            raise ValueError(f"the logits for position {t + 1} (fed through position {t}): "
-                             f"{error}") from error
-        if request.logprob_kind is None:
-            return tokens, None
-        # rows checked above, so the fields are there
-        # "raw" is the model's own distribution; "processed" the one the token was drawn from
-        source = model_logits if request.logprob_kind == "raw" else logits
-        fields, _ = numpy_backend.logprobs(source, tokens, params, request.logprob_kind, request.top_logprobs)
-        token, _, top_ids, top_logprobs, _, _ = fields
-        return tokens, (token, top_ids, top_logprobs)
-
-    def run(self) -> GenerateResult:  # noqa: C901
-        request = self.request
-        batch, width = request.prompt.shape
-        total = width + request.max_new_tokens
-        positions = np.arange(total)
-        ids = np.full((batch, total), request.pad_id, np.int64)
-        in_prompt = positions[None, :width] < request.lengths[:, None]
-        ids[:, :width] = np.where(in_prompt, request.prompt, request.pad_id)
-        logprobs = top_ids = top_logprobs = None  # allocated at the first draw, in the logits' precision
-        top_n = request.top_logprobs
-        finished = np.zeros(batch, bool)
-        generated = np.zeros(batch, np.int64)
-        first_sampled = int(request.lengths.min()) - 1  # no row samples before this position
-        calls = 0
-        start = 0 if self.step is not None else first_sampled
-        for t in range(start, total - 1):
-            logits = self.logits_at(t, ids)
-            calls += 1
-            if calls == 1:
-                check_top_logprobs(top_n, logits.shape[-1])
-                if request.shaping is not None:
-                    self.counts = initial_counts(request.shaping, ids, request.lengths, start,
-                                                 logits.shape[-1], np)
-            if request.shaping is not None:
-                self.counts = advance_counts(request.shaping, self.counts, ids, request.lengths, t, np)
-            taking = ~finished & (request.lengths <= t + 1)
-            if not taking.any():
-                continue  # every row is reading its prompt (a step's prefill) or has finished
-            tokens, drawn = self.draw(t, logits, generated, ids, taking)
-            ids[taking, t + 1] = tokens[taking]
-            if drawn is not None:
-                token, drawn_ids, drawn_top = drawn
-                if logprobs is None:
-                    logprobs = np.zeros((batch, total), token.dtype)
-                    if top_n:
-                        top_ids = np.full((batch, total, top_n), -1, np.int64)
-                        top_logprobs = np.full((batch, total, top_n), -np.inf, token.dtype)
-                logprobs[taking, t + 1] = token[taking]
-                if top_n:
-                    top_ids[taking, t + 1] = drawn_ids[taking]
-                    top_logprobs[taking, t + 1] = drawn_top[taking]
-            generated += taking
-            stopped = generated >= request.max_new_tokens
-            if request.eos_ids:
-                stopped |= np.isin(tokens, request.eos_ids)
-            finished |= taking & stopped
-            if finished.all():
-                break
-        return GenerateResult(ids, generated, logprobs, calls, self.state, top_ids, top_logprobs)

@@ -18,11 +18,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from agnostic_sampling._chisquare import _as_probabilities
+from agnostic_sampling._chisquare import _pool_cells
 from agnostic_sampling.stats import DEFAULT_ALPHA
 from agnostic_sampling.stats import MIN_EXPECTED
 from agnostic_sampling.stats import SEED_OFFSET_ENV
-from agnostic_sampling.stats import _as_probabilities
-from agnostic_sampling.stats import _pool_cells
 
 __all__ = ["Collective", "collectives", "power_against", "seed_for"]
 

@@ -240,16 +240,16 @@ def test_a_value_that_is_no_key_is_refused_before_the_loop(dec):
 
 
 def test_parameters_are_validated_once_per_decode(dec, monkeypatch):
-    # the module, not the function of the same name that the package exports
-    generate_module = importlib.import_module("agnostic_sampling.generate")
-    validate = generate_module.validate_params
+    # the module that validates a decode request once, before the loop
+    decode_module = importlib.import_module("agnostic_sampling._decode")
+    validate = decode_module.validate_params
     seen = []
 
     def counting(params: Any, batch_shape: tuple[int, ...], *args: Any, **kw: Any) -> None:
         seen.append(batch_shape)
         validate(params, batch_shape, *args, **kw)
 
-    monkeypatch.setattr(generate_module, "validate_params", counting)
+    monkeypatch.setattr(decode_module, "validate_params", counting)
     monkeypatch.setattr(importlib.import_module("agnostic_sampling._api"), "validate_params", counting)
     out = dec.standard(0, [[1, 2, 3]] * 3, [3, 2, 1], strategy(0.7, 3, 0.9))
     assert out.model_calls > 1
