@@ -104,6 +104,14 @@ def last(n: int, scope: Any) -> Any:
     return counted
 
 
+def _pack(mask: np.ndarray) -> np.ndarray:
+    """Booleans (..., V) as uint32 words (..., ceil(V / 32)): bit j of word w is token 32w + j."""
+    words = np.zeros((*mask.shape[:-1], -(-mask.shape[-1] // 32)), np.uint32)
+    for token in range(mask.shape[-1]):
+        words[..., token // 32] |= mask[..., token].astype(np.uint32) << np.uint32(token % 32)
+    return words
+
+
 PENALTIES = dict(repetition_penalty=np.array([1.5, 1.2, 2.0]), frequency_penalty=np.array([0.4, 0.0, 1.0]),
                  presence_penalty=0.3)
 CASES = {
@@ -126,6 +134,11 @@ CASES = {
     "sparse-bias-and-penalty": ({}, output_only, dict(frequency_penalty=0.9, logit_bias=(
         np.array([[3, 10, -1], [10, 11, 12], [0, 0, 5]]), np.array([[1.0, 2.0, 0], [-1.0, 2.0, 3.0],
                                                                   [0.5, 0.5, -np.inf]], np.float32)))),
+    # a NumPy loop finds the masks' bans once: flat indices when few (6 of 120 here), else a boolean
+    "few-bans-and-penalty": ({}, everything, dict(repetition_penalty=1.3, allowed=_pack(
+        ~(np.arange(V) == np.array([[3], [0], [6]])) & ~(np.arange(V) == np.array([[10], [17], [7]]))))),
+    "many-bans-and-penalty": ({}, everything, dict(repetition_penalty=1.3, vocab_size=np.array([36, 40, 30]),
+                                                   allowed=np.arange(V) % 3 != 1)),
 }
 
 

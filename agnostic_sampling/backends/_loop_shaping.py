@@ -151,7 +151,7 @@ def _column(ids: Any, t: Any, xp: Any) -> Any:
 
 
 def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_tokens: Any,
-               params: SamplingParams, xp: Any, ids: Any = None, t: Any = None) -> Any:
+               params: SamplingParams, xp: Any, ids: Any = None, t: Any = None, bans: Any = None) -> Any:
     """One position's logits ``(B, V)`` with every shaping step and ``min_tokens`` applied.
 
     In compute precision, in a new array (``x`` is not written).
@@ -166,6 +166,8 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
         xp: ``numpy`` or ``jax.numpy``.
         ids: ``(B, total)`` the loop's buffer, for the sequence bans (positions ``0 .. t``).
         t: the current position.
+        bans: NumPy: `_shaping.mask_bans` of ``params``, found once by the loop (the masks are
+            the same at every position); ``None``: the masks are read here.
     """
     batch = (x.shape[0],)
     x = _shaping.add_bias(x, params.logit_bias, batch, xp)  # NumPy: a C-ordered copy, bias or not
@@ -176,11 +178,14 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
     history = (ids, xp.full((x.shape[0],), t + 1)) if config.sequences else None  # positions 0 .. t
     if params.dry is not None:
         x = _dry.apply(x, *history, params.dry, batch, xp)
-    drop = _shaping.dropped(params, batch, x.shape[1], xp, history)  # masks and sequence bans
+    # the masks (unless found once, in bans) and the sequence bans
+    drop = _shaping.dropped(params, batch, x.shape[1], xp, history, masks=bans is None)
     eos_ids = [i for i in config.eos_ids if 0 <= i < x.shape[1]]  # static: V is known here
     if config.min_tokens and eos_ids:
         early = (generated < min_tokens)[:, None]
         drop = _shaping.union(drop, early & xp.isin(xp.arange(x.shape[1]), xp.asarray(eos_ids))[None, :])
+    if bans is not None:
+        x = _shaping.ban(x, bans, xp)
     return _shaping.ban(x, drop, xp)
 
 

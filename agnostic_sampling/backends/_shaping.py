@@ -229,19 +229,21 @@ def union(a: Any, b: Any) -> Any:
 
 
 def dropped(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, xp: Any,
-            history: tuple[Any, Any] | None = None) -> Any:
+            history: tuple[Any, Any] | None = None, masks: bool = True) -> Any:
     """The tokens the masks remove, ``(N, V)`` boolean (None when no mask is given).
 
     ``history``: ``(ids, lengths)`` for the sequence bans in place of ``params.history`` (the
-    decode loops' own buffer).
+    decode loops' own buffer). ``masks=False`` leaves out ``allowed``, ``banned`` and
+    ``vocab_size`` (a NumPy decode loop bans those through `mask_bans`, found once).
     """
     drop = None
-
-    if params.allowed is not None:
+    if not masks:
+        pass
+    elif params.allowed is not None:
         drop = ~_mask_rows(params.allowed, batch_shape, vocab, xp)
-    if params.banned is not None:
+    if masks and params.banned is not None:
         drop = union(drop, _mask_rows(params.banned, batch_shape, vocab, xp))
-    if params.vocab_size is not None:
+    if masks and params.vocab_size is not None:
         size = _rows_of(params.vocab_size, batch_shape, False, xp)
         drop = union(drop, xp.arange(vocab)[None, :] >= size[:, None])
     if params.no_repeat_ngram_size is not None or params.bad_words is not None:
@@ -250,13 +252,35 @@ def dropped(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, xp
     return drop
 
 
+SPARSE_BANS = 1 / 16  # a NumPy loop writes its masks through flat indices below this share of tokens
+
+
+def mask_bans(params: SamplingParams, batch: int, vocab: int) -> Any:
+    """NumPy: what ``allowed``, ``banned`` and ``vocab_size`` remove, for `ban`, found once per decode.
+
+    The flat indices ``row * V + token`` when they remove few tokens (a ban list: writing those
+    costs a fraction of a pass over ``(B, V)``), else the ``(B, V)`` boolean (an allow list);
+    ``None`` when no mask is given.
+    """
+    drop = dropped(params, (batch,), vocab, np)
+    if drop is None or np.count_nonzero(drop) > SPARSE_BANS * drop.size:
+        return drop
+    return np.flatnonzero(drop)
+
+
 def ban(x: Any, drop: Any, xp: Any) -> Any:
-    """``x`` with ``-inf`` where ``drop``; on NumPy written in place (``x`` is the shaping's own)."""
+    """``x`` with ``-inf`` where ``drop``; on NumPy written in place (``x`` is the shaping's own).
+
+    ``drop``: a boolean like ``x``, or on NumPy the flat indices of the entries (`mask_bans`).
+    """
     if drop is None:
         return x
     if hasattr(x, "at"):
         return xp.where(drop, xp.asarray(-xp.inf, x.dtype), x)
-    xp.copyto(x, -xp.inf, where=drop)
+    if drop.dtype == bool:
+        xp.copyto(x, -xp.inf, where=drop)
+    else:  # flat indices (`mask_bans`)
+        x.reshape(-1)[drop] = -xp.inf
     return x
 
 
