@@ -230,25 +230,29 @@ def union(a: Any, b: Any) -> Any:
 
 def dropped(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, xp: Any,
             history: tuple[Any, Any] | None = None, masks: bool = True) -> Any:
-    """The tokens the masks remove, ``(N, V)`` boolean (None when no mask is given).
+    """The tokens the masks and the sequence bans remove, ``(N, V)`` boolean (None: none given).
 
     ``history``: ``(ids, lengths)`` for the sequence bans in place of ``params.history`` (the
-    decode loops' own buffer). ``masks=False`` leaves out ``allowed``, ``banned`` and
-    ``vocab_size`` (a NumPy decode loop bans those through `mask_bans`, found once).
+    decode loops' own buffer). ``masks=False`` leaves out the masks (a NumPy decode loop bans
+    those through `mask_bans`, found once).
     """
-    drop = None
-    if not masks:
-        pass
-    elif params.allowed is not None:
-        drop = ~_mask_rows(params.allowed, batch_shape, vocab, xp)
-    if masks and params.banned is not None:
-        drop = union(drop, _mask_rows(params.banned, batch_shape, vocab, xp))
-    if masks and params.vocab_size is not None:
-        size = _rows_of(params.vocab_size, batch_shape, False, xp)
-        drop = union(drop, xp.arange(vocab)[None, :] >= size[:, None])
+    drop = _masked(params, batch_shape, vocab, xp) if masks else None
     if params.no_repeat_ngram_size is not None or params.bad_words is not None:
         ids, lengths = _history_rows(params, batch_shape, xp) if history is None else history
         drop = union(drop, sequence_bans(ids, lengths, params, batch_shape, vocab, xp))
+    return drop
+
+
+def _masked(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, xp: Any) -> Any:
+    """What ``allowed``, ``banned`` and ``vocab_size`` remove, ``(N, V)`` boolean (None: none given)."""
+    drop = None
+    if params.allowed is not None:
+        drop = ~_mask_rows(params.allowed, batch_shape, vocab, xp)
+    if params.banned is not None:
+        drop = union(drop, _mask_rows(params.banned, batch_shape, vocab, xp))
+    if params.vocab_size is not None:
+        size = _rows_of(params.vocab_size, batch_shape, False, xp)
+        drop = union(drop, xp.arange(vocab)[None, :] >= size[:, None])
     return drop
 
 
@@ -262,7 +266,7 @@ def mask_bans(params: SamplingParams, batch: int, vocab: int) -> Any:
     costs a fraction of a pass over ``(B, V)``), else the ``(B, V)`` boolean (an allow list);
     ``None`` when no mask is given.
     """
-    drop = dropped(params, (batch,), vocab, np)
+    drop = _masked(params, (batch,), vocab, np)
     if drop is None or np.count_nonzero(drop) > SPARSE_BANS * drop.size:
         return drop
     return np.flatnonzero(drop)
