@@ -21,10 +21,10 @@ from agnostic_sampling._mirostat import with_bound
 from agnostic_sampling._seed import SeedWords
 from agnostic_sampling._seed import advance
 from agnostic_sampling.backends import numpy as numpy_backend
-from agnostic_sampling.backends._loop_shaping import Counts
 from agnostic_sampling.backends._loop_shaping import advance_counts
 from agnostic_sampling.backends._loop_shaping import initial_counts
 from agnostic_sampling.backends._loop_shaping import shape_step
+from agnostic_sampling.backends._numpy_counts import CompactCounts
 from agnostic_sampling.backends._shaping import mask_bans
 
 __all__ = ["NumpyLoop"]
@@ -39,7 +39,7 @@ class NumpyLoop:
         self.request, self.model, self.context_size = request, model, context_size
         self.step, self.state = step, state
         self.vocab: int | None = None
-        self.counts: Counts | None = None  # the penalties' counts, once the vocabulary is known
+        self.counts: CompactCounts | None = None  # the penalties' counts, once the vocabulary is known
         self.bans: np.ndarray | None = None  # the masks' bans, found once (the loop shapes them)
         self.mu = None if request.mirostat is None else 2 * request.mirostat[0]  # mirostat's states
 

@@ -10,7 +10,7 @@ import pytest
 MODULES = ["agnostic_sampling", "agnostic_sampling._api", "agnostic_sampling._chain",
            "agnostic_sampling.presets", "agnostic_sampling._mirostat", "agnostic_sampling._speculative",
            "agnostic_sampling.generate", "agnostic_sampling._seed", "agnostic_sampling._params",
-           "agnostic_sampling.sharding"]
+           "agnostic_sampling.sharding", "agnostic_sampling.backends._numpy_counts"]
 
 
 @pytest.mark.parametrize("name", MODULES)

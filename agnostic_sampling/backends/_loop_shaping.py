@@ -27,6 +27,7 @@ from agnostic_sampling._params import SHAPING_FIELDS
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling.backends import _dry
 from agnostic_sampling.backends import _shaping
+from agnostic_sampling.backends._numpy_counts import CompactCounts
 
 __all__ = ["LoopShaping", "Counts", "initial_counts", "advance_counts", "shape_step", "sampling_params"]
 
@@ -43,20 +44,17 @@ class LoopShaping(NamedTuple):
 
 
 class Counts(NamedTuple):
-    """The carried counts, one per scope a penalty uses (``None`` for a scope none uses).
+    """The carried counts, ``(B, V)`` int32 each, ``None`` for a scope no penalty uses (JAX).
 
-    On JAX ``all`` and ``output`` are ``(B, V)`` int32 (the elementwise penalties fuse into one
-    pass there) and ``touched`` and ``rows`` are ``None``. On NumPy they are compact: ``touched``
-    holds the sorted flat indices ``row * V + token`` of every entry whose count has been
-    positive, ``rows`` their rows, and ``all`` and ``output`` the counts of those entries, so a
-    step reads and writes only them (a pass over ``(B, V)`` costs ~3 ms at 64 x 128256).
+    On NumPy a loop carries `_numpy_counts.CompactCounts` instead (the same fields, over the
+    entries the history touched, with their flat indices ``touched`` and ``rows``); here
+    ``touched`` and ``rows`` are ``None``: the elementwise penalties fuse into one pass on JAX.
     """
 
     all: Any
     output: Any
     touched: Any = None
     rows: Any = None
-    vocab: int | None = None  # NumPy: V (the flat indices' row length)
 
 
 def _scopes(config: LoopShaping) -> tuple[bool, bool]:
@@ -109,67 +107,11 @@ def initial_counts(config: LoopShaping, ids: Any, lengths: Any, start: Any, voca
         included = included & (position >= start - config.window)
     output = included & (position >= lengths[:, None])
     if not hasattr(ids, "at") and (need_all or need_output):
-        return _initial_compact(ids, included if need_all else None, output if need_output else None, vocab)
+        return CompactCounts.from_ids(ids, included if need_all else None, output if need_output else None,
+                                      vocab)
     counts_all = _count(ids, included, vocab, xp) if need_all else None
     counts_output = _count(ids, output, vocab, xp) if need_output else None
     return Counts(counts_all, counts_output)
-
-
-def _initial_compact(ids: Any, included: Any, output: Any, vocab: int) -> Counts:
-    """NumPy: `initial_counts` as compact counts over the sorted entries they touch."""
-    keys = [None if where is None else _sorted_keys(ids, where, vocab) for where in (included, output)]
-    widest = keys[0] if keys[0] is not None else keys[1]  # all covers output
-    first = np.ones(widest.size, bool)
-    np.not_equal(widest[1:], widest[:-1], out=first[1:])
-    touched = widest[first]
-    counts = [None if key is None else
-              np.bincount(np.searchsorted(touched, key), minlength=touched.size).astype(np.int32)
-              for key in keys]
-    return Counts(counts[0], counts[1], touched, touched // vocab, vocab)
-
-
-def _sorted_keys(ids: Any, where: Any, vocab: int) -> Any:
-    """The flat indices ``row * V + id`` of the valid ``ids`` where ``where``, in ascending order.
-
-    Each row's ``T`` ids are sorted on their own (cheaper than one sort of all ``B * T``).
-    """
-    beyond = np.iinfo(np.int64).max  # what a skipped id sorts as: past every row
-    flat = np.arange(ids.shape[0])[:, None] * vocab + ids
-    keys = np.where(where & (ids >= 0) & (ids < vocab), flat, beyond)
-    keys = np.sort(keys, axis=1).reshape(-1)
-    return keys[keys != beyond]
-
-
-def _advance_compact(counts: Counts, changes: list[tuple[Any, Any, Any]], vocab: int) -> Counts:
-    """NumPy: compact counts plus ``weight_all`` / ``weight_output`` at ``(row, tokens[row])``.
-
-    ``changes``: ``(tokens, weight_all, weight_output)`` each ``(B,)`` (a weight ``None``: that
-    scope is not carried). An entry that enters with a positive weight and is not yet listed
-    joins ``touched`` at its sorted place, ``O(B)`` lookups (and one copy of the short lists).
-    """
-    counts_all, counts_output, touched, rows, _ = counts
-    for tokens, weight_all, weight_output in changes:
-        valid = (tokens >= 0) & (tokens < vocab)
-        row = np.flatnonzero(valid)  # one entry per row: no two updates meet
-        flat = row * vocab + tokens[row]
-        place = np.searchsorted(touched, flat)
-        listed = touched[np.minimum(place, touched.size - 1)] == flat if touched.size else place < 0
-        widest = weight_all if weight_all is not None else weight_output
-        new = ~listed & (widest[row] > 0)
-        if new.any():
-            at = place[new]
-            touched = np.insert(touched, at, flat[new])
-            rows = np.insert(rows, at, row[new])
-            counts_all = None if counts_all is None else np.insert(counts_all, at, 0)
-            counts_output = None if counts_output is None else np.insert(counts_output, at, 0)
-            place = np.searchsorted(touched, flat)
-            listed = listed | new
-        place, row = place[listed], row[listed]  # an entry never listed has no count to change
-        if counts_all is not None:
-            counts_all[place] += weight_all[row].astype(np.int32)
-        if counts_output is not None:
-            counts_output[place] += weight_output[row].astype(np.int32)
-    return Counts(counts_all, counts_output, touched, rows, vocab)
 
 
 def advance_counts(config: LoopShaping, counts: Counts, ids: Any, lengths: Any, t: Any, xp: Any) -> Counts:
@@ -189,14 +131,13 @@ def advance_counts(config: LoopShaping, counts: Counts, ids: Any, lengths: Any, 
         old = t - config.window
         leaving = xp.where(old >= 0, _column(ids, xp.maximum(old, 0), xp), -1)
         old_is_output = old >= lengths
-    if not hasattr(ids, "at"):
+    if isinstance(counts, CompactCounts):  # NumPy: updated in place
         need_all, need_output = _scopes(config)
-        output = is_output.astype(np.int32) if need_output else None
-        changes = [(entering, ones if need_all else None, output)]
+        counts.add(entering, ones if need_all else None, is_output.astype(np.int32) if need_output else None)
         if leaving is not None:
-            changes.append((leaving, -ones if need_all else None,
-                            -old_is_output.astype(np.int32) if need_output else None))
-        return _advance_compact(counts, changes, counts.vocab)
+            counts.add(leaving, -ones if need_all else None,
+                       -old_is_output.astype(np.int32) if need_output else None)
+        return counts
     counts_all, counts_output = counts.all, counts.output
     if counts_all is not None:
         counts_all = _add(counts_all, entering, ones, xp)
