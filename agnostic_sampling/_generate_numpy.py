@@ -25,6 +25,7 @@ from agnostic_sampling.backends._loop_shaping import advance_counts
 from agnostic_sampling.backends._loop_shaping import initial_counts
 from agnostic_sampling.backends._loop_shaping import shape_step
 from agnostic_sampling.backends._numpy_counts import CompactCounts
+from agnostic_sampling.backends._shaping import bias_entries
 from agnostic_sampling.backends._shaping import mask_bans
 
 __all__ = ["NumpyLoop"]
@@ -41,6 +42,7 @@ class NumpyLoop:
         self.vocab: int | None = None
         self.counts: CompactCounts | None = None  # the penalties' counts, once the vocabulary is known
         self.bans: np.ndarray | None = None  # the masks' bans, found once (the loop shapes them)
+        self.bias: tuple[np.ndarray, np.ndarray] | None = None  # a mostly zero bias's entries, found once
         self.mu = None if request.mirostat is None else 2 * request.mirostat[0]  # mirostat's states
 
     def logits_at(self, t: int, ids: np.ndarray) -> np.ndarray:
@@ -80,7 +82,7 @@ class NumpyLoop:
                 precision = np.float64 if logits.dtype == np.float64 else np.float32
                 logits = shape_step(request.shaping, logits.astype(precision, copy=False), self.counts,
                                     generated, request.min_tokens, request.shaping_params, np, ids, t,
-                                    self.bans)
+                                    self.bans, self.bias)
             key = advance(request.key, t + 1, np) if isinstance(request.key, SeedWords) else request.key
             params = request.params if request.mirostat is None else with_bound(request.params, self.mu, np)
             tokens, status = numpy_backend.sample(key, logits, params)
@@ -125,6 +127,7 @@ class NumpyLoop:
                     self.counts = initial_counts(request.shaping, ids, request.lengths, start,
                                                  logits.shape[-1], np)
                     self.bans = mask_bans(request.shaping_params, batch, logits.shape[-1])
+                    self.bias = bias_entries(request.shaping_params, batch, logits.shape[-1])
             if request.shaping is not None:
                 self.counts = advance_counts(request.shaping, self.counts, ids, request.lengths, t, np)
             taking = ~finished & (request.lengths <= t + 1)

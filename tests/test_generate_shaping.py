@@ -112,6 +112,14 @@ def _pack(mask: np.ndarray) -> np.ndarray:
     return words
 
 
+def _dense(entries: dict[tuple[int, int], float]) -> np.ndarray:
+    """A (3, V) float32 bias, zero but at the (row, token) entries given."""
+    bias = np.zeros((3, V), np.float32)
+    for at, value in entries.items():
+        bias[at] = value
+    return bias
+
+
 PENALTIES = dict(repetition_penalty=np.array([1.5, 1.2, 2.0]), frequency_penalty=np.array([0.4, 0.0, 1.0]),
                  presence_penalty=0.3)
 CASES = {
@@ -134,6 +142,9 @@ CASES = {
     "sparse-bias-and-penalty": ({}, output_only, dict(frequency_penalty=0.9, logit_bias=(
         np.array([[3, 10, -1], [10, 11, 12], [0, 0, 5]]), np.array([[1.0, 2.0, 0], [-1.0, 2.0, 3.0],
                                                                   [0.5, 0.5, -np.inf]], np.float32)))),
+    # a NumPy loop adds a dense bias with few nonzero entries (5 of 120 here) through their indices
+    "few-bias-entries-and-penalty": ({}, everything, dict(repetition_penalty=1.3, logit_bias=_dense(
+        {(0, 3): 2.0, (0, 10): -np.inf, (1, 10): 1.5, (1, 0): -1.0, (2, 5): 3.0}))),
     # a NumPy loop finds the masks' bans once: flat indices when few (6 of 120 here), else a boolean
     "few-bans-and-penalty": ({}, everything, dict(repetition_penalty=1.3, allowed=_pack(
         ~(np.arange(V) == np.array([[3], [0], [6]])) & ~(np.arange(V) == np.array([[10], [17], [7]]))))),

@@ -159,7 +159,8 @@ def _column(ids: Any, t: Any, xp: Any) -> Any:
 
 
 def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_tokens: Any,
-               params: SamplingParams, xp: Any, ids: Any = None, t: Any = None, bans: Any = None) -> Any:
+               params: SamplingParams, xp: Any, ids: Any = None, t: Any = None, bans: Any = None,
+               bias: Any = None) -> Any:
     """One position's logits ``(B, V)`` with every shaping step and ``min_tokens`` applied.
 
     In compute precision, in a new array (``x`` is not written).
@@ -176,9 +177,14 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
         t: the current position.
         bans: NumPy: `_shaping.mask_bans` of ``params``, found once by the loop (the masks are
             the same at every position); ``None``: the masks are read here.
+        bias: NumPy: `_shaping.bias_entries` of ``params``, found once by the loop (then the
+            dense bias is not read); ``None``: the bias is read here.
     """
     batch = (x.shape[0],)
-    x = _shaping.add_bias(x, params.logit_bias, batch, xp)  # NumPy: a C-ordered copy, bias or not
+    if bias is not None:
+        x = _shaping.add_entries(x, bias)
+    else:
+        x = _shaping.add_bias(x, params.logit_bias, batch, xp)  # NumPy: a C-ordered copy, bias or not
     scope = {"all": counts.all, "output": counts.output, None: None}
     if config.repetition_scope is not None or config.frequency_scope is not None:
         x = _shaping.penalize_counts(x, scope[config.repetition_scope], scope[config.frequency_scope],

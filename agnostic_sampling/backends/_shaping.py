@@ -299,6 +299,36 @@ def mask_bans(params: SamplingParams, batch: int, vocab: int) -> Any:
     return np.flatnonzero(drop)
 
 
+def bias_entries(params: SamplingParams, batch: int, vocab: int) -> Any:
+    """NumPy: a dense ``logit_bias`` as flat ``(indices, values)`` of its nonzero entries, found once.
+
+    For a decode loop, whose bias is the same at every position: when few entries are nonzero
+    (below `SPARSE_BANS` of them, as a client's bias usually is), each step copies the logits
+    and adds those entries alone, instead of reading the whole ``(B, V)`` bias again. ``None``
+    when there is no dense bias or it has many nonzero entries (each step then adds it whole).
+    """
+    bias = params.logit_bias
+    if bias is None or isinstance(bias, tuple):
+        return None
+    dense = np.broadcast_to(np.asarray(bias), (batch, vocab)).reshape(-1)
+    nonzero = dense != 0  # x + 0 is x: a zero entry changes nothing
+    if np.count_nonzero(nonzero) > SPARSE_BANS * dense.size:
+        return None
+    indices = np.flatnonzero(nonzero)
+    return indices, dense[indices]
+
+
+def add_entries(x: Any, entries: Any) -> Any:
+    """NumPy: a C-ordered copy of ``x`` plus the flat ``(indices, values)`` of `bias_entries`.
+
+    The same sums as adding the dense bias: each index once, the value cast to ``x``'s dtype.
+    """
+    indices, values = entries
+    x = np.positive(x, order="C")
+    x.reshape(-1)[indices] += values.astype(x.dtype)
+    return x
+
+
 def ban(x: Any, drop: Any, xp: Any) -> Any:
     """``x`` with ``-inf`` where ``drop``; on NumPy written in place (``x`` is the shaping's own).
 
