@@ -340,3 +340,39 @@ def test_column_major_logits_are_sampled_in_place(layout):
             expected = smp.sample(key, contiguous, **params)
             np.testing.assert_array_equal(smp.sample(key, flat, **params), expected)
     np.testing.assert_array_equal(smp.greedy(x), smp.greedy(c))
+
+
+def test_an_all_greedy_numpy_call_is_greedy_after_the_key_check(monkeypatch):
+    """`sample(temperature=0)` with no other step skips the parameter table and the pipeline (a
+    batch-1 call cost 3-8x `greedy` in them): the ids and errors of `greedy`, the key still
+    checked, and a Generator left where the general path leaves it."""
+    x = np.random.default_rng(3).standard_normal((4, 300)).astype(np.float32)
+    x[1, [7, 3]] = 9.0  # a tie: the first index
+    general = [smp.sample(np.random.default_rng(5), x, temperature=0.0, top_k=0)]  # the pipeline's answer
+    stream = np.random.default_rng(5)
+    smp.sample(stream, x, temperature=0.0, top_k=0)
+    after_general = stream.random()
+
+    from agnostic_sampling.backends import numpy as numpy_backend
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the pipeline ran")
+
+    monkeypatch.setattr(numpy_backend, "sample", refuse)
+    stream = np.random.default_rng(5)
+    for key in (0, 2**70, stream, smp.Seed(np.arange(4), 1), np.random.SeedSequence(1)):
+        for temperature in (0, 0.0):
+            np.testing.assert_array_equal(smp.sample(key, x, temperature=temperature), general[0])
+    stream = np.random.default_rng(5)
+    smp.sample(stream, x, temperature=0.0)
+    assert stream.random() == after_general
+    with pytest.raises(ValueError, match="non-negative int seed"):
+        smp.sample(-1, x, temperature=0.0)
+    with pytest.raises(TypeError, match="key must be"):
+        smp.sample("seed", x, temperature=0.0)
+    bad = x.copy()
+    bad[2, 5] = np.nan
+    with pytest.raises(ValueError, match="row 2 contains NaN"):
+        smp.sample(0, bad, temperature=0.0)
+    with pytest.raises(AssertionError, match="the pipeline ran"):  # any other step: the general path
+        smp.sample(0, x, temperature=0.0, top_p=0.5)
