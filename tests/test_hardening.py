@@ -339,7 +339,15 @@ def test_column_major_logits_are_sampled_in_place(layout):
         for key in (1, smp.Seed(np.arange(64), 3)):
             expected = smp.sample(key, contiguous, **params)
             np.testing.assert_array_equal(smp.sample(key, flat, **params), expected)
-    np.testing.assert_array_equal(smp.greedy(x), smp.greedy(c))
+    ids, peak = _peak_memory(lambda: smp.greedy(x))  # through the block maxima, no copy either
+    assert peak < 0.2 * x.nbytes, peak / x.nbytes
+    np.testing.assert_array_equal(ids, smp.greedy(c))
+    bad = np.array(c)
+    bad[[3, 9], [17, 4000]] = [np.nan, np.inf]
+    for row, error in ((3, "NaN"), (9, r"\+inf")):
+        with pytest.raises(ValueError, match=rf"row {row} contains {error}"):
+            smp.greedy(LAYOUTS[layout](bad))
+        bad[3] = 0.0
 
 
 def test_an_all_greedy_numpy_call_is_greedy_after_the_key_check(monkeypatch):

@@ -166,6 +166,19 @@ def _first_of_max(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray) -> np.
     return block * BLOCK + value.argmax(axis=-1)
 
 
+def first_argmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first argmax of every row of ``x`` (N, V) and its value (NaN counts as the maximum).
+
+    One pass; for column-major ``x`` through its block maxima and the block that holds each
+    row's maximum (`_first_of_max`), reading the columns where they lie.
+    """
+    if _column_major(x):
+        block_max = _block_maxima(x)
+        return _first_of_max(x, np.arange(x.shape[0]), block_max), block_max.max(axis=-1)
+    first = x.argmax(axis=-1).astype(np.int64, copy=False)
+    return first, np.take_along_axis(x, first[:, None], -1)[:, 0]
+
+
 def _choose_blocks(block_max: np.ndarray, n_blocks: int) -> tuple[np.ndarray | None, np.ndarray]:
     """The ``n_blocks`` blocks of each row with the largest maxima, and the smallest of those.
 

@@ -34,6 +34,7 @@ from agnostic_sampling.backends._numpy_pipeline import _pipeline
 from agnostic_sampling.backends._numpy_pipeline import _refined
 from agnostic_sampling.backends._numpy_pipeline import _Rows
 from agnostic_sampling.backends._numpy_pipeline import _status
+from agnostic_sampling.backends._numpy_pipeline import first_argmax
 from agnostic_sampling.backends._numpy_rows import _rows
 from agnostic_sampling.backends._numpy_rows import _shaped_rows
 from agnostic_sampling.backends._numpy_rows import _tempered
@@ -80,10 +81,8 @@ def as_key(key: Any) -> np.random.Generator | SeedWords:
 
 def greedy(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First index of each row's maximum, and the row status."""
-    x = _rows(logits)
-    ids = x.argmax(axis=-1)  # NaN counts as the maximum, so a NaN row shows in `best`
-    best = np.take_along_axis(x, ids[:, None], -1)[:, 0]
-    return ids.astype(np.int64).reshape(logits.shape[:-1]), _status(best).reshape(logits.shape[:-1])
+    ids, best = first_argmax(_rows(logits, columns_ok=True))  # a NaN row shows in `best`
+    return ids.reshape(logits.shape[:-1]), _status(best).reshape(logits.shape[:-1])
 
 
 def process_logits(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
