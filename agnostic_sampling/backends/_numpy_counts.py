@@ -41,7 +41,7 @@ class CompactCounts:
         self._touched = touched.astype(np.int64)
         self._rows = self._touched // vocab
         self._counts = counts
-        self._slot = np.full(n_rows * vocab, -1, np.int32 if touched.size < 2**31 else np.int64)
+        self._slot = np.full(n_rows * vocab, -1, np.int32 if n_rows * vocab < 2**31 else np.int64)
         self._slot[touched] = np.arange(touched.size)
 
     @classmethod

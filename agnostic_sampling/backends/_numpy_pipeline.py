@@ -520,8 +520,7 @@ def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
     greedy = prm.temperature == 0
     block_max = None if greedy.all() and not _column_major(x) else _block_maxima(x)
     if block_max is None:  # every row greedy: one pass, as `greedy` (NaN and +inf are argmaxes)
-        first = x.argmax(axis=-1).astype(np.int64, copy=False)
-        row_max = np.take_along_axis(x, first[:, None], -1)[:, 0]
+        first, row_max = first_argmax(x)
     else:
         first = np.zeros(n_rows, np.int64)
         row_max = block_max.max(axis=-1)
