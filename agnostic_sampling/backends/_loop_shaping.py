@@ -46,15 +46,13 @@ class LoopShaping(NamedTuple):
 class Counts(NamedTuple):
     """The carried counts, ``(B, V)`` int32 each, ``None`` for a scope no penalty uses (JAX).
 
-    On NumPy a loop carries `_numpy_counts.CompactCounts` instead (the same fields, over the
-    entries the history touched, with their flat indices ``touched`` and ``rows``); here
-    ``touched`` and ``rows`` are ``None``: the elementwise penalties fuse into one pass on JAX.
+    On NumPy a loop carries `_numpy_counts.CompactCounts` instead: the same two fields over the
+    entries the history touched, with their flat indices and rows (JAX's elementwise penalties
+    fuse into one pass, so it carries the whole rows).
     """
 
     all: Any
     output: Any
-    touched: Any = None
-    rows: Any = None
 
 
 def _scopes(config: LoopShaping) -> tuple[bool, bool]:
@@ -89,7 +87,8 @@ def _count(ids: Any, included: Any, vocab: int, xp: Any) -> Any:
     return xp.bincount(flat, minlength=n_rows * vocab).reshape(n_rows, vocab).astype(xp.int32)
 
 
-def initial_counts(config: LoopShaping, ids: Any, lengths: Any, start: Any, vocab: int, xp: Any) -> Counts:
+def initial_counts(config: LoopShaping, ids: Any, lengths: Any, start: Any, vocab: int,
+                   xp: Any) -> Counts | CompactCounts:
     """The counts before the loop's first iteration ``start``: positions ``[start - N, start)``.
 
     Args:
@@ -114,7 +113,8 @@ def initial_counts(config: LoopShaping, ids: Any, lengths: Any, start: Any, voca
     return Counts(counts_all, counts_output)
 
 
-def advance_counts(config: LoopShaping, counts: Counts, ids: Any, lengths: Any, t: Any, xp: Any) -> Counts:
+def advance_counts(config: LoopShaping, counts: Counts | CompactCounts, ids: Any, lengths: Any, t: Any,
+                   xp: Any) -> Counts | CompactCounts:
     """The counts at iteration ``t``, in ``O(B)`` work.
 
     Position ``t`` enters (its token is final by then), and with a window of ``N`` position
@@ -158,7 +158,7 @@ def _column(ids: Any, t: Any, xp: Any) -> Any:
     return ids[:, t]
 
 
-def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_tokens: Any,
+def shape_step(config: LoopShaping, x: Any, counts: Counts | CompactCounts, generated: Any, min_tokens: Any,
                params: SamplingParams, xp: Any, ids: Any = None, t: Any = None, bans: Any = None,
                bias: Any = None) -> Any:
     """One position's logits ``(B, V)`` with every shaping step and ``min_tokens`` applied.
@@ -187,8 +187,10 @@ def shape_step(config: LoopShaping, x: Any, counts: Counts, generated: Any, min_
         x = _shaping.add_bias(x, params.logit_bias, batch, xp)  # NumPy: a C-ordered copy, bias or not
     scope = {"all": counts.all, "output": counts.output, None: None}
     if config.repetition_scope is not None or config.frequency_scope is not None:
+        compact = isinstance(counts, CompactCounts)
         x = _shaping.penalize_counts(x, scope[config.repetition_scope], scope[config.frequency_scope],
-                                     params, xp, counts.touched, counts.rows)
+                                     params, xp, counts.touched if compact else None,
+                                     counts.rows if compact else None)
     history = (ids, xp.full((x.shape[0],), t + 1)) if config.sequences else None  # positions 0 .. t
     if params.dry is not None:
         x = _dry.apply(x, *history, params.dry, batch, xp)

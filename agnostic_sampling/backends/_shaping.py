@@ -283,7 +283,12 @@ def _masked(params: SamplingParams, batch_shape: tuple[int, ...], vocab: int, xp
     return drop
 
 
-SPARSE_BANS = 1 / 16  # a NumPy loop writes its masks through flat indices below this share of tokens
+SPARSE_SHARE = 1 / 16  # a NumPy loop writes its masks and its bias through flat indices below this share
+
+
+def _few(mask: Any) -> bool:
+    """Whether ``mask`` is true on at most `SPARSE_SHARE` of its entries."""
+    return np.count_nonzero(mask) <= SPARSE_SHARE * mask.size
 
 
 def mask_bans(params: SamplingParams, batch: int, vocab: int) -> Any:
@@ -294,7 +299,7 @@ def mask_bans(params: SamplingParams, batch: int, vocab: int) -> Any:
     ``None`` when no mask is given.
     """
     drop = _masked(params, (batch,), vocab, np)
-    if drop is None or np.count_nonzero(drop) > SPARSE_BANS * drop.size:
+    if drop is None or not _few(drop):
         return drop
     return np.flatnonzero(drop)
 
@@ -303,7 +308,7 @@ def bias_entries(params: SamplingParams, batch: int, vocab: int) -> Any:
     """NumPy: a dense ``logit_bias`` as flat ``(indices, values)`` of its nonzero entries, found once.
 
     For a decode loop, whose bias is the same at every position: when few entries are nonzero
-    (below `SPARSE_BANS` of them, as a client's bias usually is), each step copies the logits
+    (at most `SPARSE_SHARE` of them, as a client's bias usually is), each step copies the logits
     and adds those entries alone, instead of reading the whole ``(B, V)`` bias again. ``None``
     when there is no dense bias or it has many nonzero entries (each step then adds it whole).
     """
@@ -312,7 +317,7 @@ def bias_entries(params: SamplingParams, batch: int, vocab: int) -> Any:
         return None
     dense = np.broadcast_to(np.asarray(bias), (batch, vocab)).reshape(-1)
     nonzero = dense != 0  # x + 0 is x: a zero entry changes nothing
-    if np.count_nonzero(nonzero) > SPARSE_BANS * dense.size:
+    if not _few(nonzero):
         return None
     indices = np.flatnonzero(nonzero)
     return indices, dense[indices]
