@@ -16,13 +16,15 @@ import agnostic_sampling as smp
 from agnostic_sampling.backends import _numpy_chain
 from agnostic_sampling.backends import _numpy_draw
 from agnostic_sampling.backends import _numpy_logprobs
+from agnostic_sampling.backends import _numpy_nucleus
 from agnostic_sampling.backends import _numpy_pipeline as pipeline
 from agnostic_sampling.backends import _numpy_rows
 from agnostic_sampling.backends import numpy as nb
 from agnostic_sampling.stats import assert_samples_match
 from agnostic_sampling.stats import reference_probs
 
-PARTS = [nb, pipeline, _numpy_rows, _numpy_draw, _numpy_logprobs, _numpy_chain]  # the NumPy backend's modules
+# The NumPy backend's modules.
+PARTS = [nb, pipeline, _numpy_rows, _numpy_draw, _numpy_logprobs, _numpy_chain, _numpy_nucleus]
 
 
 def patch_backend(monkeypatch: pytest.MonkeyPatch, name: str, value: Any) -> None:
@@ -115,6 +117,71 @@ def test_large_top_k_and_low_min_p_grow_the_candidates(monkeypatch, seed):
     p = assert_matches_reference(logits, params)
     assert spy.calls >= 1
     assert (p[0] > 0).sum() == 5000 and (p[3] > 0).sum() == 3
+
+
+def flat_logits(rows: int, vocab: int, seed: int) -> np.ndarray:
+    """A N(0, 2^2) body with a spike 8 above it per 6400 tokens: 0.9-nuclei of ~20% of the row."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, vocab)) * 2
+    x[:, rng.integers(0, vocab, vocab // 6400)] += 8
+    return x
+
+
+class NucleusSpy:
+    """Records which rows `wide_nucleus` proved (its ``found``), call after call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.found: list[np.ndarray] = []
+
+        def wrapper(*args: Any) -> Any:
+            z, cut, found = _numpy_nucleus.wide_nucleus(*args)
+            self.found.append(found)
+            return z, cut, found
+
+        monkeypatch.setattr(pipeline, "wide_nucleus", wrapper)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_wide_nuclei_are_cut_from_a_sampled_band(monkeypatch, dtype, seed):
+    # Nuclei of thousands of tokens, past every candidate list: cut from the band, no sort.
+    logits = flat_logits(6, 32768, seed).astype(dtype)
+    params = dict(top_p=np.array([0.9, 0.8, 0.99, 0.9, 0.6, 0.95]),
+                  temperature=np.array([1, 1, 1, 0.9, 2, 1.3], np.float32))
+    spy = NucleusSpy(monkeypatch)
+    p = assert_matches_reference(logits, params)
+    assert spy.found and all(found.size == 6 and found.all() for found in spy.found)
+    assert ((p > 0).sum(axis=-1) > 500).all()
+    sorts = Spy(monkeypatch, "_truncate_rows")
+    ids = smp.sample(seed, logits, **params)  # the draw keeps to the band's cut
+    assert (p[np.arange(6), ids] > 0).all()
+    assert sorts.calls == 1  # the first attempt only; no whole-row sort
+
+
+def test_a_misleading_sample_falls_back_to_the_sort(monkeypatch):
+    # The sampled tokens (every 8th) are far above the rest: the estimate misses the band, and
+    # the row is sorted as before, with the same kept set.
+    logits = flat_logits(2, 32768, 3)
+    logits[:, ::8] += 3.0
+    spy = NucleusSpy(monkeypatch)
+    sorts = Spy(monkeypatch, "_truncate_rows")
+    assert_matches_reference(logits, dict(top_p=0.9))
+    assert spy.found and not any(found.any() for found in spy.found)
+    assert sorts.rows > 2  # the first attempts, then the whole-row sort of both rows
+
+
+def test_a_wide_nucleus_draws_from_its_kept_set(monkeypatch):
+    pytest.importorskip("scipy")  # the chi-square check
+    # One row of 8192 (a sample of every other token): a nucleus of ~1300 tokens.
+    logits = np.random.default_rng(8).standard_normal(8192).astype(np.float32)
+    params = dict(top_p=0.5)
+    draws = 40000
+    spy = NucleusSpy(monkeypatch)
+    ids = np.concatenate([smp.sample(8 + i, np.broadcast_to(logits, (draws // 4, logits.size)), **params)
+                          for i in range(4)])  # in parts: each holds its rows' tempered logits
+    assert sum(found.sum() for found in spy.found) == draws
+    expected = reference_probs(logits, **params)
+    assert (expected > 0).sum() > 500
+    assert_samples_match(ids, expected, tv=0.05, seed=8)
 
 
 def test_top_k_ties_across_block_boundaries():

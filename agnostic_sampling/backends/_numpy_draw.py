@@ -65,10 +65,14 @@ def _pick(cumulative: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.
 def _draw_candidates(index: np.ndarray, logit: np.ndarray, cut: np.ndarray,
                      uniform: np.ndarray) -> np.ndarray:
     """Inverse CDF over the candidates whose tempered logit is at least ``cut``."""
-    if logit.shape[1] > WIDE:  # a whole row: block sums instead of a row-long cumulative sum
-        weight = np.exp(logit)
-        weight[logit < cut[:, None]] = 0.0
-        position = _draw_by_blocks(weight, uniform)
+    if logit.shape[1] > WIDE:  # whole rows: block sums instead of a row-long cumulative sum
+        position = np.empty(logit.shape[0], np.int64)
+        chunks = _row_chunks(logit.shape[0], logit.shape[1])
+        weight = np.empty((chunks[0].stop - chunks[0].start, logit.shape[1]), logit.dtype)  # reused
+        for part in chunks:
+            w = np.exp(logit[part], out=weight[: logit[part].shape[0]])
+            np.multiply(w, logit[part] >= cut[part, None], out=w)
+            position[part] = _draw_by_blocks(w, uniform[part])
     else:
         weight = np.exp(logit.astype(np.float64))
         weight[logit < cut[:, None]] = 0.0

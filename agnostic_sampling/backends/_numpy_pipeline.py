@@ -11,7 +11,8 @@ smallest gathered block maximum, so the gathered tokens above ``t`` (the *valid*
 exactly the row's largest tokens. The steps run on those, sorted by value (a sort of a few
 hundred numbers, not of the vocabulary). A row whose decision would need a token beyond them
 (top-k with a k larger than the list, a nucleus that has not reached ``p``, a min-p threshold
-below them) is retried with eight times as many blocks, and finally with the whole row.
+below them) is retried with eight times as many blocks, and finally with the whole row: a row whose only
+step is top-p is then cut from a sampled band (`_numpy_nucleus`), any other row is sorted.
 
 How it avoids most exponentials
 -------------------------------
@@ -51,6 +52,7 @@ from agnostic_sampling.backends import ROW_NO_FINITE
 from agnostic_sampling.backends import ROW_OK
 from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _strategies
+from agnostic_sampling.backends._numpy_nucleus import wide_nucleus
 from agnostic_sampling.backends._numpy_rows import _column_major
 from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _subtract_rows
@@ -186,7 +188,7 @@ def _choose_blocks(block_max: np.ndarray, n_blocks: int) -> tuple[np.ndarray | N
     ``(None, -inf)`` when the whole row is to be taken.
     """
     total = block_max.shape[1]
-    if 2 * n_blocks >= total or total <= 4:  # gathering most blocks costs more than the whole row
+    if _whole_rows(total, n_blocks):  # gathering most blocks costs more than the whole row
         return None, np.full(block_max.shape[0], -np.inf, block_max.dtype)
     blocks = np.argpartition(block_max, total - n_blocks, axis=-1)[:, total - n_blocks :]
     return blocks, np.take_along_axis(block_max, blocks, -1).min(axis=-1)
@@ -514,6 +516,28 @@ def _truncate_rows(x: np.ndarray, rows: np.ndarray, prm: _Rows, block_max: np.nd
     return _Candidates(rows[done], head.index[done], head.logit[done], cut), exhausted
 
 
+def _whole_rows(total: int, n_blocks: int) -> bool:
+    """Whether an attempt with ``n_blocks`` of ``total`` blocks takes whole rows (`_choose_blocks`)."""
+    return 2 * n_blocks >= total or total <= 4
+
+
+def _wide_nuclei(x: np.ndarray, pending: np.ndarray, prm: _Rows, row_max: np.ndarray,
+                 groups: list[_Candidates]) -> np.ndarray:
+    """Cut the pending rows whose only step is top-p by `wide_nucleus`; the rows left to sort.
+
+    Appends the group of rows it decided to ``groups``.
+    """
+    only_top_p = ((prm.top_p[pending] < 1) & (prm.top_k[pending] == 0) & (prm.min_p[pending] == 0)
+                  & (prm.min_keep[pending] == 1))
+    wide = pending[only_top_p]
+    if x.shape[1] <= WIDE or not wide.size:
+        return pending
+    z, cut, found = wide_nucleus(x, wide, row_max[wide], prm.temperature[wide], prm.top_p[wide])
+    index = np.broadcast_to(np.arange(x.shape[1]), (int(found.sum()), x.shape[1]))
+    groups.append(_Candidates(wide[found], index, z[found] if not found.all() else z, cut[found]))
+    return np.concatenate([pending[~only_top_p], wide[~found]])
+
+
 def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
     """Decide every row's kept set. ``x`` is (N, V) in compute precision."""
     n_rows = x.shape[0]
@@ -541,12 +565,17 @@ def _pipeline(x: np.ndarray, prm: _Rows) -> tuple[_Kept | None, np.ndarray]:
     if pending.size:
         n_blocks = _first_blocks(block_max[pending], row_max[pending], prm.take(pending))
         while pending.size:
+            if _whole_rows(block_max.shape[1], n_blocks):
+                pending = _wide_nuclei(x, pending, prm, row_max, groups)
+                if not pending.size:
+                    break
             group, exhausted = _truncate_rows(x, pending, prm.take(pending), block_max[pending],
                                               row_max[pending], n_blocks)
             groups.append(group)
-            cut[group.rows] = group.cut
             pending = pending[exhausted]
             n_blocks *= GROWTH
+    for group in groups:
+        cut[group.rows] = group.cut
     dense = ~greedy & ~truncating
     return _Kept(row_max, greedy, first, dense, cut, block_max, groups), status
 
