@@ -18,8 +18,8 @@ its nucleus boundary is located from a sample and then proven:
 
 A row whose bracket misses (a sample that misleads, e.g. values periodic in the stride) is
 reported, and the caller sorts it as before. The weights are the float32 ``exp(z)`` the whole-row
-sort uses; the row sums are float32 (NumPy's pairwise summation, relative error ~1e-7) and the
-band's sums float64.
+sort uses, and every mass is summed in float64, as there: float32 sums (relative error ~1e-7)
+moved the boundary of p = 0.999 nuclei by a token in 4 of 200 fuzzed cases.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def wide_nucleus(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperatu
         part = slice(start, start + step)
         zc = _tempered_into(z[part], source, at[part], row_max[part], temperature[part])
         wc = np.exp(zc, out=weight[: zc.shape[0]])
-        total = wc.sum(axis=-1).astype(np.float64)
+        total = wc.sum(axis=-1, dtype=np.float64)
         bound = top_p[part].astype(np.float64) * total
         lo, hi = _bracket(zc, total - bound)
         cut[part], found[part] = _band_cut(zc, wc, lo, hi, bound)
@@ -95,7 +95,7 @@ def _band_cut(z: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     band_row = flat // vocab
     band_z = z.reshape(-1)[flat]
     np.multiply(w, at_least, out=w)
-    mass_from_lo = w.sum(axis=-1).astype(np.float64)
+    mass_from_lo = w.sum(axis=-1, dtype=np.float64)
     mass_above = mass_from_lo - np.bincount(band_row, weights=w.reshape(-1)[flat], minlength=n_rows)
     found = (mass_above < bound) & (mass_from_lo >= bound)
     cut = np.full(n_rows, -np.inf, z.dtype)
