@@ -8,6 +8,10 @@
   64 (goal: as cheap as `greedy`).
 - JAX: the first call (trace and compile) of a jitted `sample` and `probs` with every sampling
   field traced (goal: at most 2 s).
+- NumPy: `sample` with top-p 0.9 alone, on `harness.realistic_logits` and on `harness.flat_logits`
+  (every nucleus ~24,000 tokens), against one `np.max` pass (goal: within 10x), with the peak
+  memory it allocates beyond the logits (goal: at most 1x the logits) at batch 1, 64 and 256.
+  (JAX's top-p alone against a sort-based sampler: `jax_vs_peers.py`.)
 
     python benchmarks/hardening.py [--vocab 128256] [--repeat 7] [--only layouts]
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -103,11 +108,30 @@ def compile_time(vocab: int) -> None:
         print(f"  {name:6s} first call {first:5.2f} s, second {1e3 * (time.perf_counter() - start):6.1f} ms")
 
 
+def top_p(vocab: int, repeat: int) -> None:
+    print(f"\nNumPy top-p 0.9 alone, vocab {vocab}, medians of {repeat}, paired with np.max; peak memory")
+    for name, make in (("realistic", harness.realistic_logits), ("flat", harness.flat_logits)):
+        for batch in (1, 64, 256):
+            x = make(batch, vocab)
+            timing = harness.time_calls(lambda x=x: smp.sample(0, x, top_p=0.9), repeat=repeat,
+                                        paired=lambda x=x: np.max(x, axis=-1))
+            tracemalloc.start()
+            try:
+                smp.sample(0, x, top_p=0.9)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            ms, floor = timing.median_ms, timing.paired_median_ms
+            print(f"  {name:9s} batch {batch:3d}: {ms:8.1f} ms   np.max {floor:6.2f} ms   "
+                  f"{ms / floor:5.1f}x   peak {peak / x.nbytes:.2f}x logits")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--only", choices=("layouts", "greedy", "compile"), help="one of the three parts")
+    parser.add_argument("--only", choices=("layouts", "greedy", "compile", "top-p"),
+                        help="one of the four parts")
     args = parser.parse_args(argv)
     print(harness.machine_line())
     if args.only in (None, "layouts"):
@@ -116,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         all_greedy(args.vocab, args.repeat)
     if args.only in (None, "compile"):
         compile_time(args.vocab)
+    if args.only in (None, "top-p"):
+        top_p(args.vocab, args.repeat)
     return 0
 
 

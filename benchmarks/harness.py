@@ -190,6 +190,22 @@ def realistic_logits(batch: int, vocab: int, seed: int = 0) -> np.ndarray:
     return logits
 
 
+def flat_logits(batch: int, vocab: int, seed: int = 0) -> np.ndarray:
+    """Float32 logits that are the worst case for top-p: a N(0, 2^2) body and 20 low spikes.
+
+    The same 20 tokens of every row sit 8 above the body, so at temperature 1 and vocabulary
+    128256 every row's 0.9-nucleus holds about 24,000 tokens: past any list of candidates.
+
+    Example:
+        >>> flat_logits(2, 1000).shape
+        (2, 1000)
+    """
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((batch, vocab)) * 2).astype(np.float32)
+    logits[:, rng.integers(0, vocab, 20)] += 8
+    return logits
+
+
 def per_row(params: dict[str, Any], batch: int) -> tuple[np.ndarray, ...]:
     """(temperature, top_k, top_p, min_p) as per-row arrays, the off value where not given.
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import agnostic_sampling as smp
 
@@ -48,12 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sort-repeats", type=int, default=3, help="repeats for the (slow) sort-based runs")
     args = parser.parse_args(argv)
 
-    rng = np.random.default_rng(0)
-    logits = (rng.standard_normal((args.batch, args.vocab)) * 2).astype(np.float32)
-    # A worst case for top-p, not harness.realistic_logits: 20 spikes only 8 above the body, so at
-    # temperature 1 every row's 0.9-nucleus holds about 24,000 tokens (at vocabulary 128256).
-    logits[:, rng.integers(0, args.vocab, 20)] += 8
-    logits = jnp.asarray(logits)
+    # A worst case for top-p, not harness.realistic_logits: every row's 0.9-nucleus holds about
+    # 24,000 tokens at vocabulary 128256.
+    logits = jnp.asarray(harness.flat_logits(args.batch, args.vocab))
     key = jax.random.key(0)
     f32 = jnp.float32
     full = smp.SamplingParams(temperature=f32(0.8), top_k=jnp.int32(50), top_p=f32(0.9))

@@ -51,6 +51,13 @@ def test_realistic_logits_have_a_body_and_spikes(harness):
     assert np.array_equal(x, harness.realistic_logits(8, 5000, seed=1))
 
 
+def test_flat_logits_have_wide_nuclei(harness):
+    x = harness.flat_logits(2, 128256)
+    assert x.dtype == np.float32 and np.array_equal(x, harness.flat_logits(2, 128256))
+    kept = (smp.probs(x, top_p=0.9) > 0).sum(axis=-1)
+    assert ((kept > 20000) & (kept < 30000)).all()  # the benchmarks' "about 24,000 tokens"
+
+
 def test_time_calls_warms_up_then_times_each_call_beside_its_pair(harness):
     calls: list[str] = []
     timing = harness.time_calls(lambda: calls.append("run"), repeat=4, warmup=2,
