@@ -158,15 +158,18 @@ def test_wide_nuclei_are_cut_from_a_sampled_band(monkeypatch, dtype, seed):
 
 
 def test_a_misleading_sample_falls_back_to_the_sort(monkeypatch):
-    # The sampled tokens (every 8th) are far above the rest: the estimate misses the band, and
-    # the row is sorted as before, with the same kept set.
-    logits = flat_logits(2, 32768, 3)
-    logits[:, ::8] += 3.0
+    # In the first two rows the sampled tokens (every 8th) are far above the rest: the estimate
+    # misses the band, and those rows are sorted as before, with the same kept sets.
+    logits = flat_logits(3, 32768, 3)
+    logits[:2, ::8] += 3.0
     spy = NucleusSpy(monkeypatch)
     sorts = Spy(monkeypatch, "_truncate_rows")
-    assert_matches_reference(logits, dict(top_p=0.9))
-    assert spy.found and not any(found.any() for found in spy.found)
-    assert sorts.rows > 2  # the first attempts, then the whole-row sort of both rows
+    p = assert_matches_reference(logits, dict(top_p=0.9))
+    assert spy.found and all(found.tolist() == [False, False, True] for found in spy.found)
+    assert sorts.rows > 3  # the first attempts, then the whole-row sort of the two rows
+    for key in (0, smp.Seed(0)):  # both draws, from the sorted and the cut rows' kept sets
+        ids = smp.sample(key, logits, top_p=0.9)
+        assert (p[np.arange(3), ids] > 0).all()
 
 
 def test_a_wide_nucleus_draws_from_its_kept_set(monkeypatch):

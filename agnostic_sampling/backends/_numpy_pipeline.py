@@ -533,8 +533,9 @@ def _wide_nuclei(x: np.ndarray, pending: np.ndarray, prm: _Rows, row_max: np.nda
     if x.shape[1] <= WIDE or not wide.size:
         return pending
     z, cut, found = wide_nucleus(x, wide, row_max[wide], prm.temperature[wide], prm.top_p[wide])
-    index = np.broadcast_to(np.arange(x.shape[1]), (int(found.sum()), x.shape[1]))
-    groups.append(_Candidates(wide[found], index, z[found] if not found.all() else z, cut[found]))
+    if found.any():
+        index = np.broadcast_to(np.arange(x.shape[1]), (int(found.sum()), x.shape[1]))
+        groups.append(_Candidates(wide[found], index, z if found.all() else z[found], cut[found]))
     return np.concatenate([pending[~only_top_p], wide[~found]])
 
 
