@@ -172,19 +172,20 @@ def test_a_misleading_sample_falls_back_to_the_sort(monkeypatch):
         assert (p[np.arange(3), ids] > 0).all()
 
 
-def test_a_wide_nucleus_draws_from_its_kept_set(monkeypatch):
-    pytest.importorskip("scipy")  # the chi-square check
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # the compute precisions (float16: float32)
+def test_a_wide_nucleus_draws_from_its_kept_set(monkeypatch, dtype):
+    pytest.importorskip("scipy")  # the chi-square check: the suite's alpha, power 0.99 at tv 0.07
     # One row of 8192 (a sample of every other token): a nucleus of ~1300 tokens.
-    logits = np.random.default_rng(8).standard_normal(8192).astype(np.float32)
+    logits = np.random.default_rng(8).standard_normal(8192).astype(dtype)
     params = dict(top_p=0.5)
-    draws = 40000
+    draws = 20000
     spy = NucleusSpy(monkeypatch)
     ids = np.concatenate([smp.sample(8 + i, np.broadcast_to(logits, (draws // 4, logits.size)), **params)
                           for i in range(4)])  # in parts: each holds its rows' tempered logits
     assert sum(found.sum() for found in spy.found) == draws
     expected = reference_probs(logits, **params)
     assert (expected > 0).sum() > 500
-    assert_samples_match(ids, expected, tv=0.05, seed=8)
+    assert_samples_match(ids, expected, tv=0.07, power=0.99, seed=8)
 
 
 def test_top_k_ties_across_block_boundaries():
