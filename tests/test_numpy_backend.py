@@ -7,6 +7,7 @@ by the exact mass, draws from the tail) runs on a vocabulary of a few hundred to
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -186,6 +187,25 @@ def test_a_wide_nucleus_draws_from_its_kept_set(monkeypatch, dtype):
     expected = reference_probs(logits, **params)
     assert (expected > 0).sum() > 500
     assert_samples_match(ids, expected, tv=0.07, power=0.99, seed=8)
+
+
+def test_the_fine_mass_bounds_take_one_row_of_memory(monkeypatch):
+    # One row whose nucleus the block bounds leave open and the fine bounds settle: its bit
+    # patterns are written over its tempered copy, so the peak is that one copy, not two.
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1, 128256)) * 2).astype(np.float32)
+    x[0, rng.choice(128256, 16, replace=False)] = 19 - np.cumsum(rng.exponential(1.0, 16))
+    fine = Spy(monkeypatch, "_outside_mass_fine")
+    exact = Spy(monkeypatch, "_outside_mass_exact")
+    tracemalloc.start()
+    try:
+        ids = smp.sample(0, x, top_p=0.9)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fine.calls == 1 and exact.calls == 0
+    assert peak < 1.25 * x.nbytes, peak / x.nbytes
+    assert reference_probs(x, top_p=0.9)[0, ids[0]] > 0
 
 
 def test_top_k_ties_across_block_boundaries():

@@ -272,7 +272,9 @@ def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, tem
     scale = (np.log2(np.e) * 2**23 / temperature.astype(np.float64))[:, None].astype(x.dtype)
     chunks = _row_chunks(rows.size, x.shape[1])
     work = np.empty((chunks[0].stop - chunks[0].start, x.shape[1]), x.dtype)  # reused: no page faults
-    bits = np.empty(work.shape, np.int32)
+    # float32 work takes its own bit patterns, a row at a time (NumPy casts a 1-D array onto
+    # itself in place; a 2-D one through a temporary copy): no second row-sized buffer.
+    bits = work.view(np.int32) if x.dtype == np.float32 else np.empty(work.shape, np.int32)
     for part in chunks:
         w, b = work[: rows[part].size], bits[: rows[part].size]
         _subtract_rows(x, rows[part], row_max[part], out=w)
@@ -280,7 +282,8 @@ def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, tem
             w *= scale[part]
         w += 127 * 2**23
         np.maximum(w, 2**23, out=w)  # below 2**-126 counts as 2**-126: still an upper bound
-        np.copyto(b, w, casting="unsafe")  # truncation: the floor of a positive value
+        for row in range(w.shape[0]):  # truncation: the floor of a positive value
+            np.copyto(b[row], w[row], casting="unsafe")
         total[part] = _without(b.view(np.float32), index[part], logit[part]).sum(axis=-1)
     low = np.maximum(total * (1 - 1e-4) / 1.0615 - x.shape[1] * 2.0**-126, 0.0)
     return low, total * (1 + 1e-4)
