@@ -212,6 +212,11 @@ def _gather(x: np.ndarray, rows: np.ndarray, blocks: np.ndarray | None) -> np.nd
     return value
 
 
+def _token_ids(vocab: int) -> np.ndarray:
+    """``arange(vocab)``, the ids of a whole row's candidates: int32 (half the memory) when it fits."""
+    return np.arange(vocab, dtype=np.int32 if vocab < 2**31 else np.int64)
+
+
 def _compact(keep: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The entries where ``keep`` holds, moved to the front of each row, with their columns.
 
@@ -462,7 +467,7 @@ def _head(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max: np.nd
     gathered = _gather(x, rows, blocks)
     above = gathered > threshold[:, None]
     if blocks is None:
-        index, value = np.broadcast_to(np.arange(x.shape[1]), gathered.shape), gathered
+        index, value = np.broadcast_to(_token_ids(x.shape[1]), gathered.shape), gathered
     else:  # only tokens above the threshold are certainly the row's largest: drop the rest first
         column, value = _compact(above, gathered)
         index = np.take_along_axis(blocks, column // BLOCK, -1) * BLOCK + column % BLOCK
@@ -537,7 +542,7 @@ def _wide_nuclei(x: np.ndarray, pending: np.ndarray, prm: _Rows, row_max: np.nda
         return pending
     z, cut, found = wide_nucleus(x, wide, row_max[wide], prm.temperature[wide], prm.top_p[wide])
     if found.any():
-        index = np.broadcast_to(np.arange(x.shape[1]), (int(found.sum()), x.shape[1]))
+        index = np.broadcast_to(_token_ids(x.shape[1]), (int(found.sum()), x.shape[1]))
         groups.append(_Candidates(wide[found], index, z if found.all() else z[found], cut[found]))
     return np.concatenate([pending[~only_top_p], wide[~found]])
 
