@@ -98,14 +98,16 @@ def _band_cut(z: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     mass_from_lo = w.sum(axis=-1, dtype=np.float64)
     mass_above = mass_from_lo - np.bincount(band_row, weights=w.reshape(-1)[flat], minlength=n_rows)
     found = (mass_above < bound) & (mass_from_lo >= bound)
-    cut = np.full(n_rows, -np.inf, z.dtype)
-    ends = np.searchsorted(band_row, np.arange(n_rows + 1))
-    for row in np.flatnonzero(found):
-        values = np.sort(band_z[ends[row] : ends[row + 1]])[::-1]
-        weights = np.exp(values).astype(np.float64)  # the same float32 exp as the row's weights
-        before = np.empty(values.size)
-        before[0] = mass_above[row]
-        before[1:] = mass_above[row] + np.cumsum(weights[:-1])
-        kept = int(np.searchsorted(before, bound[row], side="left"))  # positions with before < bound
-        cut[row] = values[max(kept, 1) - 1]
-    return cut, found
+    # Each row's band, sorted decreasingly, in one (rows, widest band) array; -inf pads the end.
+    counts = np.bincount(band_row, minlength=n_rows)
+    position = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    values = np.full((n_rows, max(int(counts.max(initial=0)), 1)), -np.inf, z.dtype)
+    values[band_row, position] = band_z
+    values = -np.sort(-values, axis=-1)  # decreasing, and contiguous for the exponential
+    weights = np.exp(values).astype(np.float64)  # the same float32 exp as the row's weights
+    before = np.empty(weights.shape)  # the mass of the tokens before each position
+    before[:, 0] = mass_above
+    before[:, 1:] = mass_above[:, None] + np.cumsum(weights[:, :-1], axis=-1)
+    kept = np.minimum((before < bound[:, None]).sum(axis=-1), counts)  # before never decreases
+    cut = np.take_along_axis(values, np.maximum(kept - 1, 0)[:, None], -1)[:, 0]
+    return np.where(found, cut, -np.inf).astype(z.dtype), found
