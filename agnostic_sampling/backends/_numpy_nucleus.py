@@ -4,10 +4,11 @@ A top-p row whose nucleus reaches past the pipeline's candidate blocks (a flat d
 tens of thousands of tokens) was found by sorting the whole row. Here the row is not sorted;
 its nucleus boundary is located from a sample and then proven:
 
-1. A strided sample of the tempered row (every ``stride``-th token, sorted: a few thousand
-   values) estimates the mass below each sample value, with its standard error. The mass
-   *below* the boundary (``1 - p`` of the row) is made of many small terms, so the estimate is
-   tight where the mass above, dominated by a few large tokens, would not be.
+1. A strided sample of the tempered row (every ``stride``-th token, about `SAMPLE` of them and
+   at most every `MIN_STRIDE`-th, sorted) estimates the mass below each sample value, with its
+   standard error. The mass *below* the boundary (``1 - p`` of the row) is made of many small
+   terms, so the estimate is tight where the mass above, dominated by a few large tokens, would
+   not be.
 2. Two sample values, ``lo`` and ``hi``, bracket the estimated boundary by `SIGMAS` standard
    errors. One pass over the row takes the tokens with ``lo <= z <= hi`` (the *band*) and the
    exact mass ``M(z >= lo)``; the mass above the band is ``M(z > hi) = M(z >= lo) - M(band)``.
@@ -30,6 +31,7 @@ from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _tempered_into
 
 SAMPLE = 4096  # about this many sampled tokens per row
+MIN_STRIDE = 8  # a shorter row is still sampled sparsely: a sample sort costs little beside the row
 SIGMAS = 4.0  # half-width of the bracket in standard errors of the estimated mass
 CHUNK = 2**17  # logits per chunk of rows: the pass's temporaries stay in cache
 
@@ -66,7 +68,7 @@ def _bracket(z: np.ndarray, below: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``stride * C_j`` (``C_j`` the sample's cumulative weight), with standard error about
     ``stride * sqrt(Q_j)`` (``Q_j`` the cumulative squared weight).
     """
-    stride = max(1, z.shape[1] // SAMPLE)
+    stride = max(MIN_STRIDE, z.shape[1] // SAMPLE)
     sample = np.sort(z[:, ::stride], axis=-1)
     w = np.exp(sample.astype(np.float64))
     estimate = stride * np.cumsum(w, axis=-1)
