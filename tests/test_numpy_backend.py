@@ -135,9 +135,9 @@ class NucleusSpy:
         self.found: list[np.ndarray] = []
 
         def wrapper(*args: Any) -> Any:
-            z, cut, found = _numpy_nucleus.wide_nucleus(*args)
+            z, cut, found, block_weight = _numpy_nucleus.wide_nucleus(*args)
             self.found.append(found)
-            return z, cut, found
+            return z, cut, found, block_weight
 
         monkeypatch.setattr(pipeline, "wide_nucleus", wrapper)
 

@@ -6,6 +6,8 @@ docstring tells how), by blocks over whole rows, and in token order for a `Seed`
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from agnostic_sampling.backends._numpy_pipeline import BLOCK
@@ -21,6 +23,7 @@ from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _take_rows
 from agnostic_sampling.backends._numpy_rows import _tempered
 from agnostic_sampling.backends._numpy_rows import _tempered_into
+from agnostic_sampling.backends._numpy_rows import block_sums
 
 
 def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.ndarray) -> np.ndarray:
@@ -47,7 +50,7 @@ def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.nda
         if not np.all(index[:, 1:] > index[:, :-1]):
             order = np.argsort(index, axis=-1, kind="stable")
             index, logit = np.take_along_axis(index, order, -1), np.take_along_axis(logit, order, -1)
-        ids[group.rows] = _draw_candidates(index, logit, group.cut, u[group.rows])
+        ids[group.rows] = _draw_candidates(index, logit, group.cut, u[group.rows], group.block_weight)
     return ids
 
 
@@ -62,10 +65,19 @@ def _pick(cumulative: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.
     return np.minimum(position, last_positive)
 
 
-def _draw_candidates(index: np.ndarray, logit: np.ndarray, cut: np.ndarray,
-                     uniform: np.ndarray) -> np.ndarray:
-    """Inverse CDF over the candidates whose tempered logit is at least ``cut``."""
-    if logit.shape[1] > WIDE:  # whole rows: block sums instead of a row-long cumulative sum
+def _draw_candidates(index: np.ndarray, logit: np.ndarray, cut: np.ndarray, uniform: np.ndarray,
+                     block_weight: np.ndarray | None = None) -> np.ndarray:
+    """Inverse CDF over the candidates whose tempered logit is at least ``cut``.
+
+    ``block_weight``: the kept weights' block sums of whole rows, when the pipeline has them.
+    """
+    if block_weight is not None:  # whole rows: only the chosen block's weights are computed
+        def weights_at(ids: np.ndarray) -> np.ndarray:
+            z = np.take_along_axis(logit, ids, -1)
+            return np.exp(z) * (z >= cut[:, None])
+
+        position = _draw_from_block_sums(block_weight, weights_at, logit.shape[1], uniform)
+    elif logit.shape[1] > WIDE:  # whole rows: block sums instead of a row-long cumulative sum
         position = np.empty(logit.shape[0], np.int64)
         chunks = _row_chunks(logit.shape[0], logit.shape[1])
         weight = np.empty((chunks[0].stop - chunks[0].start, logit.shape[1]), logit.dtype)  # reused
@@ -120,12 +132,15 @@ def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max:
 
 def _draw_by_blocks(weight: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     """Inverse CDF over whole rows of weights without a row-long cumulative sum: block, then token."""
-    n_rows, vocab = weight.shape
-    full = vocab // BLOCK
-    sums = [weight[:, : full * BLOCK].reshape(n_rows, full, BLOCK).sum(axis=-1)] if full else []
-    if vocab % BLOCK:
-        sums.append(weight[:, full * BLOCK :].sum(axis=-1, keepdims=True))
-    block_weight = np.concatenate(sums, axis=1).astype(np.float64)
+    def weights_at(index: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(weight, index, -1)
+
+    return _draw_from_block_sums(block_sums(weight, BLOCK), weights_at, weight.shape[1], uniform)
+
+
+def _draw_from_block_sums(block_weight: np.ndarray, weights_at: Any, vocab: int,
+                          uniform: np.ndarray) -> np.ndarray:
+    """`_draw_by_blocks` from the rows' block sums; ``weights_at(ids)``: the weights at (R, BLOCK) ids."""
     block_cumulative = np.cumsum(block_weight, axis=-1)
     target = uniform * block_cumulative[:, -1]
     block = _pick(block_cumulative, target, block_weight)
@@ -134,7 +149,7 @@ def _draw_by_blocks(weight: np.ndarray, uniform: np.ndarray) -> np.ndarray:
 
     index = block[:, None] * BLOCK + np.arange(BLOCK)
     inside = index < vocab
-    in_block = np.take_along_axis(weight, np.minimum(index, vocab - 1), -1).astype(np.float64)
+    in_block = weights_at(np.minimum(index, vocab - 1)).astype(np.float64)
     in_block[~inside] = 0.0
     position = _pick(np.cumsum(in_block, axis=-1), target - before, in_block)
     return block * BLOCK + position

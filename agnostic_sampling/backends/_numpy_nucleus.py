@@ -29,6 +29,7 @@ import numpy as np
 
 from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _tempered_into
+from agnostic_sampling.backends._numpy_rows import block_sums
 
 SAMPLE = 4096  # about this many sampled tokens per row
 MIN_STRIDE = 8  # a shorter row is still sampled sparsely: a sample sort costs little beside the row
@@ -37,17 +38,20 @@ CHUNK = 2**17  # logits per chunk of rows: the pass's temporaries stay in cache
 
 
 def wide_nucleus(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
-                 top_p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 top_p: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The top-p cut of whole rows ``rows`` of ``x`` (top-p the only truncation, ``min_keep`` 1).
 
-    Returns ``(z, cut, found)``: the rows' tempered logits (R, V), each row's smallest kept
-    tempered logit, and which rows the bracket proved (the cut of the others is meaningless).
+    Returns ``(z, cut, found, block_weight)``: the rows' tempered logits (R, V), each row's
+    smallest kept tempered logit, which rows the bracket proved (the cut of the others is
+    meaningless), and the sums of the kept weights over blocks of ``block`` tokens (for the
+    draw, which then computes no weight outside the block it picks).
     """
     source, at = _rows_at_hand(x, rows)
     n_rows, vocab = rows.size, x.shape[1]
     z = np.empty((n_rows, vocab), x.dtype)
     cut = np.full(n_rows, -np.inf, x.dtype)
     found = np.zeros(n_rows, bool)
+    block_weight = np.zeros((n_rows, -(-vocab // block)))
     step = max(1, CHUNK // vocab)
     weight = np.empty((min(step, n_rows), vocab), x.dtype)  # reused by every chunk
     for start in range(0, n_rows, step):
@@ -58,7 +62,9 @@ def wide_nucleus(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperatu
         bound = top_p[part].astype(np.float64) * total
         lo, hi = _bracket(zc, total - bound)
         cut[part], found[part] = _band_cut(zc, wc, lo, hi, bound)
-    return z, cut, found
+        np.multiply(wc, zc >= cut[part, None], out=wc)  # the kept weights, as the draw computes them
+        block_weight[part] = block_sums(wc, block)
+    return z, cut, found, block_weight
 
 
 def _bracket(z: np.ndarray, below: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

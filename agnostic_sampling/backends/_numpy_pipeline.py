@@ -124,6 +124,7 @@ class _Candidates:
     index: np.ndarray  # (R, L) token ids
     logit: np.ndarray  # (R, L) their tempered logits (row maximum at 0), -inf for padding
     cut: np.ndarray  # (R,) the smallest kept tempered logit
+    block_weight: np.ndarray | None = None  # (R, blocks) whole rows' kept weights by BLOCK, float64
 
 
 @dataclass
@@ -540,10 +541,12 @@ def _wide_nuclei(x: np.ndarray, pending: np.ndarray, prm: _Rows, row_max: np.nda
     wide = pending[only_top_p]
     if x.shape[1] <= WIDE or not wide.size:
         return pending
-    z, cut, found = wide_nucleus(x, wide, row_max[wide], prm.temperature[wide], prm.top_p[wide])
+    z, cut, found, block_weight = wide_nucleus(x, wide, row_max[wide], prm.temperature[wide], prm.top_p[wide],
+                                               BLOCK)
     if found.any():
         index = np.broadcast_to(_token_ids(x.shape[1]), (int(found.sum()), x.shape[1]))
-        groups.append(_Candidates(wide[found], index, z if found.all() else z[found], cut[found]))
+        groups.append(_Candidates(wide[found], index, z if found.all() else z[found], cut[found],
+                                  block_weight[found]))
     return np.concatenate([pending[~only_top_p], wide[~found]])
 
 

@@ -130,3 +130,16 @@ def _tempered(x: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
     out = np.subtract(x, row_max[:, None], out=x if in_place else None, order="C")
     out /= safe[:, None]
     return out
+
+
+def block_sums(weight: np.ndarray, block: int) -> np.ndarray:
+    """Sums of each row's consecutive blocks of ``block`` weights (a short last block too), float64.
+
+    Each block is summed in the weights' precision (pairwise), the sums returned in float64.
+    """
+    n_rows, vocab = weight.shape
+    full = vocab // block
+    sums = [weight[:, : full * block].reshape(n_rows, full, block).sum(axis=-1)] if full else []
+    if vocab % block:
+        sums.append(weight[:, full * block :].sum(axis=-1, keepdims=True))
+    return np.concatenate(sums, axis=1).astype(np.float64)

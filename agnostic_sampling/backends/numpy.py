@@ -143,7 +143,8 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
         ids[dense] = _draw_dense(x, dense, kept.block_max[dense], kept.row_max[dense], prm.temperature[dense],
                                  uniform[dense])
     for group in kept.groups:
-        ids[group.rows] = _draw_candidates(group.index, group.logit, group.cut, uniform[group.rows, 1])
+        ids[group.rows] = _draw_candidates(group.index, group.logit, group.cut, uniform[group.rows, 1],
+                                           group.block_weight)
     return ids.reshape(batch_shape), status.reshape(batch_shape)
 
 
