@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agnostic_sampling.backends._numpy_rows import _compact
 from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _tempered_into
 from agnostic_sampling.backends._numpy_rows import block_sums
@@ -97,25 +98,19 @@ def _band_cut(z: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 
     Overwrites ``w`` (it becomes the weights of the tokens at or above ``lo``).
     """
-    n_rows, vocab = z.shape
     at_least = z >= lo[:, None]
-    flat = np.flatnonzero(at_least & (z <= hi[:, None]))
-    band_row = flat // vocab
-    band_z = z.reshape(-1)[flat]
-    np.multiply(w, at_least, out=w)
-    mass_from_lo = w.sum(axis=-1, dtype=np.float64)
-    mass_above = mass_from_lo - np.bincount(band_row, weights=w.reshape(-1)[flat], minlength=n_rows)
-    found = (mass_above < bound) & (mass_from_lo >= bound)
     # Each row's band, sorted decreasingly, in one (rows, widest band) array; -inf pads the end.
-    counts = np.bincount(band_row, minlength=n_rows)
-    position = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    values = np.full((n_rows, max(int(counts.max(initial=0)), 1)), -np.inf, z.dtype)
-    values[band_row, position] = band_z
+    _, values = _compact(at_least & (z <= hi[:, None]), z)
     values = -np.sort(-values, axis=-1)  # decreasing, and contiguous for the exponential
     weights = np.exp(values).astype(np.float64)  # the same float32 exp as the row's weights
+    np.multiply(w, at_least, out=w)
+    mass_from_lo = w.sum(axis=-1, dtype=np.float64)
+    mass_above = mass_from_lo - weights.sum(axis=-1)
+    found = (mass_above < bound) & (mass_from_lo >= bound)
     before = np.empty(weights.shape)  # the mass of the tokens before each position
     before[:, 0] = mass_above
     before[:, 1:] = mass_above[:, None] + np.cumsum(weights[:, :-1], axis=-1)
+    counts = np.isfinite(values).sum(axis=-1)  # the band is finite (lo is): padding is -inf
     kept = np.minimum((before < bound[:, None]).sum(axis=-1), counts)  # before never decreases
     cut = np.take_along_axis(values, np.maximum(kept - 1, 0)[:, None], -1)[:, 0]
     return np.where(found, cut, -np.inf).astype(z.dtype), found

@@ -54,6 +54,7 @@ from agnostic_sampling.backends import ROW_POSINF
 from agnostic_sampling.backends import _strategies
 from agnostic_sampling.backends._numpy_nucleus import wide_nucleus
 from agnostic_sampling.backends._numpy_rows import _column_major
+from agnostic_sampling.backends._numpy_rows import _compact
 from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _subtract_rows
 from agnostic_sampling.backends._numpy_rows import _take_rows
@@ -216,24 +217,6 @@ def _gather(x: np.ndarray, rows: np.ndarray, blocks: np.ndarray | None) -> np.nd
 def _token_ids(vocab: int) -> np.ndarray:
     """``arange(vocab)``, the ids of a whole row's candidates: int32 (half the memory) when it fits."""
     return np.arange(vocab, dtype=np.int32 if vocab < 2**31 else np.int64)
-
-
-def _compact(keep: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The entries where ``keep`` holds, moved to the front of each row, with their columns.
-
-    Returns ``(column, value)``, both (R, W) with W the largest count; padding is ``-inf``.
-    """
-    n_rows, width = keep.shape
-    flat = np.flatnonzero(keep)  # much faster than a 2-D nonzero
-    row, column = np.divmod(flat, width)
-    counts = np.bincount(row, minlength=n_rows)
-    position = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    out_width = max(int(counts.max()), 1)
-    out_column = np.zeros((n_rows, out_width), np.int64)
-    out_value = np.full((n_rows, out_width), -np.inf, value.dtype)
-    out_column[row, position] = column
-    out_value[row, position] = value.reshape(-1)[flat]
-    return out_column, out_value
 
 
 def _outside_mass(block_max: np.ndarray, blocks: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,

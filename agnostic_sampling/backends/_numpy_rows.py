@@ -143,3 +143,21 @@ def block_sums(weight: np.ndarray, block: int) -> np.ndarray:
     if vocab % block:
         sums.append(weight[:, full * block :].sum(axis=-1, keepdims=True))
     return np.concatenate(sums, axis=1).astype(np.float64)
+
+
+def _compact(keep: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries where ``keep`` holds, moved to the front of each row, with their columns.
+
+    Returns ``(column, value)``, both (R, W) with W the largest count; padding is ``-inf``.
+    """
+    n_rows, width = keep.shape
+    flat = np.flatnonzero(keep)  # much faster than a 2-D nonzero
+    row, column = np.divmod(flat, width)
+    counts = np.bincount(row, minlength=n_rows)
+    position = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    out_width = max(int(counts.max()), 1)
+    out_column = np.zeros((n_rows, out_width), np.int64)
+    out_value = np.full((n_rows, out_width), -np.inf, value.dtype)
+    out_column[row, position] = column
+    out_value[row, position] = value.reshape(-1)[flat]
+    return out_column, out_value
