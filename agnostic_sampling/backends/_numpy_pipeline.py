@@ -519,10 +519,12 @@ def _wide_nuclei(x: np.ndarray, pending: np.ndarray, prm: _Rows, row_max: np.nda
 
     Appends the group of rows it decided to ``groups``.
     """
+    if x.shape[1] <= WIDE:
+        return pending
     only_top_p = ((prm.top_p[pending] < 1) & (prm.top_k[pending] == 0) & (prm.min_p[pending] == 0)
                   & (prm.min_keep[pending] == 1))
     wide = pending[only_top_p]
-    if x.shape[1] <= WIDE or not wide.size:
+    if not wide.size:
         return pending
     z, cut, found, block_weight = wide_nucleus(x, wide, row_max[wide], prm.temperature[wide], prm.top_p[wide],
                                                BLOCK)
