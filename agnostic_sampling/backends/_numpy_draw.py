@@ -13,12 +13,14 @@ import numpy as np
 from agnostic_sampling.backends._numpy_pipeline import BLOCK
 from agnostic_sampling.backends._numpy_pipeline import DENSE_HEAD
 from agnostic_sampling.backends._numpy_pipeline import WIDE
+from agnostic_sampling.backends._numpy_pipeline import _Candidates
 from agnostic_sampling.backends._numpy_pipeline import _head
 from agnostic_sampling.backends._numpy_pipeline import _Kept
 from agnostic_sampling.backends._numpy_pipeline import _outside_mass_fine
 from agnostic_sampling.backends._numpy_pipeline import _row_chunks
 from agnostic_sampling.backends._numpy_pipeline import _Rows
 from agnostic_sampling.backends._numpy_pipeline import _without
+from agnostic_sampling.backends._numpy_pipeline import tempered_at
 from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _take_rows
 from agnostic_sampling.backends._numpy_rows import _tempered
@@ -47,10 +49,11 @@ def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.nda
         ids[rows] = _draw_by_blocks(np.exp(weight, out=weight), u[rows])
     for group in kept.groups:
         index, logit = group.index, group.logit
-        if not np.all(index[:, 1:] > index[:, :-1]):
+        if index is not None and not np.all(index[:, 1:] > index[:, :-1]):
             order = np.argsort(index, axis=-1, kind="stable")
-            index, logit = np.take_along_axis(index, order, -1), np.take_along_axis(logit, order, -1)
-        ids[group.rows] = _draw_candidates(index, logit, group.cut, u[group.rows], group.block_weight)
+            group = _Candidates(group.rows, np.take_along_axis(index, order, -1),
+                                np.take_along_axis(logit, order, -1), group.cut)
+        ids[group.rows] = _draw_group(x, kept, prm.temperature, group, u[group.rows])
     return ids
 
 
@@ -65,19 +68,27 @@ def _pick(cumulative: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.
     return np.minimum(position, last_positive)
 
 
-def _draw_candidates(index: np.ndarray, logit: np.ndarray, cut: np.ndarray, uniform: np.ndarray,
-                     block_weight: np.ndarray | None = None) -> np.ndarray:
-    """Inverse CDF over the candidates whose tempered logit is at least ``cut``.
+def _draw_group(x: np.ndarray, kept: _Kept, temperature: np.ndarray, group: _Candidates,
+                uniform: np.ndarray) -> np.ndarray:
+    """Inverse CDF over a group's kept sets, one uniform per row; ``temperature`` is the batch's.
 
-    ``block_weight``: the kept weights' block sums of whole rows, when the pipeline has them.
+    A group of whole rows (no candidates held) recomputes only the block its uniform picks.
     """
-    if block_weight is not None:  # whole rows: only the chosen block's weights are computed
-        def weights_at(ids: np.ndarray) -> np.ndarray:
-            z = np.take_along_axis(logit, ids, -1)
-            return np.exp(z) * (z >= cut[:, None])
+    if group.index is not None:
+        return _draw_candidates(group.index, group.logit, group.cut, uniform)
+    rows, cut = group.rows, group.cut
 
-        position = _draw_from_block_sums(block_weight, weights_at, logit.shape[1], uniform)
-    elif logit.shape[1] > WIDE:  # whole rows: block sums instead of a row-long cumulative sum
+    def weights_at(ids: np.ndarray) -> np.ndarray:
+        z = tempered_at(x, rows, ids, kept.row_max[rows], temperature[rows])
+        return np.exp(z) * (z >= cut[:, None])
+
+    return _draw_from_block_sums(group.block_weight, weights_at, x.shape[1], uniform)
+
+
+def _draw_candidates(index: np.ndarray, logit: np.ndarray, cut: np.ndarray,
+                     uniform: np.ndarray) -> np.ndarray:
+    """Inverse CDF over the candidates whose tempered logit is at least ``cut``."""
+    if logit.shape[1] > WIDE:  # whole rows: block sums instead of a row-long cumulative sum
         position = np.empty(logit.shape[0], np.int64)
         chunks = _row_chunks(logit.shape[0], logit.shape[1])
         weight = np.empty((chunks[0].stop - chunks[0].start, logit.shape[1]), logit.dtype)  # reused

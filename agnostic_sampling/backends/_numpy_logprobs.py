@@ -22,6 +22,7 @@ from agnostic_sampling.backends._numpy_pipeline import _gather
 from agnostic_sampling.backends._numpy_pipeline import _pipeline
 from agnostic_sampling.backends._numpy_pipeline import _row_chunks
 from agnostic_sampling.backends._numpy_pipeline import _Rows
+from agnostic_sampling.backends._numpy_pipeline import candidates
 from agnostic_sampling.backends._numpy_rows import _compact
 from agnostic_sampling.backends._numpy_rows import _rows
 from agnostic_sampling.backends._numpy_rows import _shaped_rows
@@ -171,7 +172,9 @@ def kept_logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: st
     tempered_mass, finite = totals.mass, totals.finite
     kept_mass = tempered_mass.copy()
     kept_count = finite.copy()
-    for group in kept.groups:
+    # A group of whole rows holds no candidates: its rows' tempered logits, recomputed.
+    groups = [_Candidates(g.rows, *candidates(x, g, row_max, prm.temperature), g.cut) for g in kept.groups]
+    for group in groups:
         inside = group.logit >= group.cut[:, None]
         kept_mass[group.rows] = np.where(inside, np.exp(group.logit.astype(np.float64)), 0.0).sum(axis=-1)
         kept_count[group.rows] = np.count_nonzero(inside, axis=-1)
@@ -210,7 +213,7 @@ def kept_logprobs(logits: np.ndarray, ids: Any, params: SamplingParams, kind: st
             top_logprobs[greedy_rows, 0] = 0
     if top_n and kind == "processed":
         # A truncated row's kept set is its group's candidates at or above the cut: no gather.
-        for group in (g for g in kept.groups if g.rows.size):
+        for group in (g for g in groups if g.rows.size):
             top_ids[group.rows], top_logprobs[group.rows] = _top_of_kept(group, top_n, log_kept[group.rows],
                                                                          x.shape[1])
         ranked = np.flatnonzero(kept.dense)

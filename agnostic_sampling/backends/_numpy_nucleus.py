@@ -39,25 +39,25 @@ CHUNK = 2**17  # logits per chunk of rows: the pass's temporaries stay in cache
 
 
 def wide_nucleus(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
-                 top_p: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 top_p: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The top-p cut of whole rows ``rows`` of ``x`` (top-p the only truncation, ``min_keep`` 1).
 
-    Returns ``(z, cut, found, block_weight)``: the rows' tempered logits (R, V), each row's
-    smallest kept tempered logit, which rows the bracket proved (the cut of the others is
-    meaningless), and the sums of the kept weights over blocks of ``block`` tokens (for the
-    draw, which then computes no weight outside the block it picks).
+    Returns ``(cut, found, block_weight)``: each row's smallest kept tempered logit, which rows
+    the bracket proved (the cut of the others is meaningless), and the sums of the kept weights
+    over blocks of ``block`` tokens. The tempered rows are not kept: a chunk of rows at a time
+    lives in two reused buffers, and the draw recomputes the block it picks from ``x``.
     """
     source, at = _rows_at_hand(x, rows)
     n_rows, vocab = rows.size, x.shape[1]
-    z = np.empty((n_rows, vocab), x.dtype)
     cut = np.full(n_rows, -np.inf, x.dtype)
     found = np.zeros(n_rows, bool)
     block_weight = np.zeros((n_rows, -(-vocab // block)))
     step = max(1, CHUNK // vocab)
-    weight = np.empty((min(step, n_rows), vocab), x.dtype)  # reused by every chunk
+    tempered = np.empty((min(step, n_rows), vocab), x.dtype)  # both reused by every chunk
+    weight = np.empty_like(tempered)
     for start in range(0, n_rows, step):
         part = slice(start, start + step)
-        zc = _tempered_into(z[part], source, at[part], row_max[part], temperature[part])
+        zc = _tempered_into(tempered[: at[part].size], source, at[part], row_max[part], temperature[part])
         wc = np.exp(zc, out=weight[: zc.shape[0]])
         total = wc.sum(axis=-1, dtype=np.float64)
         bound = top_p[part].astype(np.float64) * total
@@ -65,7 +65,7 @@ def wide_nucleus(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperatu
         cut[part], found[part] = _band_cut(zc, wc, lo, hi, bound)
         np.multiply(wc, zc >= cut[part, None], out=wc)  # the kept weights, as the draw computes them
         block_weight[part] = block_sums(wc, block)
-    return z, cut, found, block_weight
+    return cut, found, block_weight
 
 
 def _bracket(z: np.ndarray, below: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

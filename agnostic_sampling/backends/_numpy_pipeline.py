@@ -119,11 +119,16 @@ class _Rows:
 
 @dataclass
 class _Candidates:
-    """Kept sets of some rows: ``index[r, j]`` is kept iff ``logit[r, j] >= cut[r]`` (any order)."""
+    """Kept sets of some rows: ``index[r, j]`` is kept iff ``logit[r, j] >= cut[r]`` (any order).
+
+    A group of whole rows cut by `wide_nucleus` holds no copy of them (``index`` and ``logit``
+    None): its candidates are every token in token order, at the tempered logits that
+    `candidates` recomputes from ``x``, and ``block_weight`` lets a draw recompute one block.
+    """
 
     rows: np.ndarray  # (R,) which rows of the batch
-    index: np.ndarray  # (R, L) token ids
-    logit: np.ndarray  # (R, L) their tempered logits (row maximum at 0), -inf for padding
+    index: np.ndarray | None  # (R, L) token ids
+    logit: np.ndarray | None  # (R, L) their tempered logits (row maximum at 0), -inf for padding
     cut: np.ndarray  # (R,) the smallest kept tempered logit
     block_weight: np.ndarray | None = None  # (R, blocks) whole rows' kept weights by BLOCK, float64
 
@@ -508,6 +513,30 @@ def _truncate_rows(x: np.ndarray, rows: np.ndarray, prm: _Rows, block_max: np.nd
     return _Candidates(rows[done], head.index[done], head.logit[done], cut), exhausted
 
 
+def candidates(x: np.ndarray, group: _Candidates, row_max: np.ndarray,
+               temperature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A group's ``(index, logit)``; for a group of whole rows, recomputed from ``x`` (N, V).
+
+    ``row_max`` and ``temperature`` are the batch's (N,).
+    """
+    if group.index is not None:
+        return group.index, group.logit
+    rows = group.rows
+    z = _tempered_into(np.empty((rows.size, x.shape[1]), x.dtype), x, rows, row_max[rows], temperature[rows])
+    return np.broadcast_to(_token_ids(x.shape[1]), z.shape), z
+
+
+def tempered_at(x: np.ndarray, rows: np.ndarray, ids: np.ndarray, row_max: np.ndarray,
+                temperature: np.ndarray) -> np.ndarray:
+    """The tempered logits of the tokens ``ids`` (R, W) of ``rows`` (R,), by `_tempered`'s arithmetic.
+
+    ``row_max`` and ``temperature`` are those of ``rows``.
+    """
+    z = x[rows[:, None], ids] - row_max[:, None]
+    z /= np.where(temperature == 0, 1, temperature).astype(x.dtype)[:, None]
+    return z
+
+
 def _whole_rows(total: int, n_blocks: int) -> bool:
     """Whether an attempt with ``n_blocks`` of ``total`` blocks takes whole rows (`_choose_blocks`)."""
     return 2 * n_blocks >= total or total <= 4
@@ -526,12 +555,10 @@ def _wide_nuclei(x: np.ndarray, pending: np.ndarray, prm: _Rows, row_max: np.nda
     wide = pending[only_top_p]
     if not wide.size:
         return pending
-    z, cut, found, block_weight = wide_nucleus(x, wide, row_max[wide], prm.temperature[wide], prm.top_p[wide],
-                                               BLOCK)
+    cut, found, block_weight = wide_nucleus(x, wide, row_max[wide], prm.temperature[wide], prm.top_p[wide],
+                                            BLOCK)
     if found.any():
-        index = np.broadcast_to(_token_ids(x.shape[1]), (int(found.sum()), x.shape[1]))
-        groups.append(_Candidates(wide[found], index, z if found.all() else z[found], cut[found],
-                                  block_weight[found]))
+        groups.append(_Candidates(wide[found], None, None, cut[found], block_weight[found]))
     return np.concatenate([pending[~only_top_p], wide[~found]])
 
 

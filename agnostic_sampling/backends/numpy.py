@@ -26,8 +26,8 @@ from agnostic_sampling.backends._numpy_chain import _chain_candidates
 from agnostic_sampling.backends._numpy_chain import _chain_rows
 from agnostic_sampling.backends._numpy_chain import _process_chain
 from agnostic_sampling.backends._numpy_draw import _draw_by_blocks
-from agnostic_sampling.backends._numpy_draw import _draw_candidates
 from agnostic_sampling.backends._numpy_draw import _draw_dense
+from agnostic_sampling.backends._numpy_draw import _draw_group
 from agnostic_sampling.backends._numpy_draw import _draw_in_token_order
 from agnostic_sampling.backends._numpy_logprobs import kept_logprobs
 from agnostic_sampling.backends._numpy_pipeline import _pipeline
@@ -143,8 +143,7 @@ def sample(key: np.random.Generator | SeedWords, logits: np.ndarray,
         ids[dense] = _draw_dense(x, dense, kept.block_max[dense], kept.row_max[dense], prm.temperature[dense],
                                  uniform[dense])
     for group in kept.groups:
-        ids[group.rows] = _draw_candidates(group.index, group.logit, group.cut, uniform[group.rows, 1],
-                                           group.block_weight)
+        ids[group.rows] = _draw_group(x, kept, prm.temperature, group, uniform[group.rows, 1])
     return ids.reshape(batch_shape), status.reshape(batch_shape)
 
 
