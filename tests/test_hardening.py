@@ -320,6 +320,21 @@ def test_an_all_greedy_batch_is_the_argmax_under_jit(vocab):
         np.testing.assert_array_equal(ids[greedy], expected[greedy])
 
 
+@pytest.mark.parametrize("vocab", [4096, 3000, 200])  # whole blocks, a short last block, only that
+def test_column_major_rows_and_blocks_are_copied_exactly(vocab):
+    """The column-major copies of rows (a few by indexing, many from tiles of the transpose) and
+    of candidate blocks (pair by pair in block order) give the C-order copies."""
+    c = _logits(48, vocab, seed=7)
+    x = _fortran(c)
+    rng = np.random.default_rng(7)
+    n_blocks = -(-vocab // pipeline.BLOCK)
+    for count in (3, _numpy_rows.MANY_ROWS, 48):
+        rows = rng.choice(48, count, replace=False)  # any order
+        np.testing.assert_array_equal(_numpy_rows._take_rows(x, rows), c[rows])
+        blocks = np.stack([rng.choice(n_blocks, min(5, n_blocks), replace=False) for _ in rows])
+        np.testing.assert_array_equal(pipeline._gather(x, rows, blocks), pipeline._gather(c, rows, blocks))
+
+
 @pytest.mark.parametrize("layout", ["fortran", "transposed"])
 def test_column_major_logits_are_sampled_in_place(layout):
     """Column-major logits are read where they lie: block maxima over the columns, a copy only of

