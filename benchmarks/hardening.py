@@ -3,7 +3,7 @@
 - NumPy: `sample` (temperature 0.8, top-k 50, top-p 0.9) on logits in other layouts (a
   broadcast row, a `[:, -1]` slice of a (B, 2, V) array, a transpose, Fortran order) against the
   same logits in C order (goal: at most ~1.5x); top-p alone and temperature 0 or 1 on the
-  column-major layouts too.
+  column-major layouts too; at batch 256 and 16.
 - Both backends: `sample` with ``temperature=0`` on every row against `greedy`, at batch 1 and
   64 (goal: as cheap as `greedy`).
 - JAX: the first call (trace and compile) of a jitted `sample` and `probs` with every sampling
@@ -32,7 +32,11 @@ SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
 
 
 def layouts(vocab: int, repeat: int) -> None:
-    batch = 256
+    for batch in (256, 16):
+        _layouts(batch, vocab, repeat)
+
+
+def _layouts(batch: int, vocab: int, repeat: int) -> None:
     base = harness.realistic_logits(batch, vocab)
     wide = np.repeat(base[:, None, :], 2, axis=1)
     cases = {

@@ -323,7 +323,12 @@ def test_an_all_greedy_batch_is_the_argmax_under_jit(vocab):
 @pytest.mark.parametrize("vocab", [4096, 3000, 200])  # whole blocks, a short last block, only that
 def test_column_major_rows_and_blocks_are_copied_exactly(vocab):
     """The column-major copies of rows (a few by indexing, many from tiles of the transpose) and
-    of candidate blocks (pair by pair in block order) give the C-order copies."""
+    of candidate blocks (pair by pair in block order), and the block maxima (runs of several
+    tokens' rows at a time when the rows are few), give those of C order."""
+    for n_rows in (2, 5, 17, 300):
+        few = _logits(n_rows, vocab, seed=n_rows)
+        few[1, 7] = np.nan
+        np.testing.assert_array_equal(pipeline._block_maxima(_fortran(few)), pipeline._block_maxima(few))
     c = _logits(48, vocab, seed=7)
     x = _fortran(c)
     rng = np.random.default_rng(7)

@@ -155,11 +155,16 @@ def _block_maxima(x: np.ndarray) -> np.ndarray:
     if not _column_major(x):
         return np.maximum.reduceat(x, np.arange(0, x.shape[1], BLOCK), axis=1)
     # Column-major: reduce (blocks, BLOCK, rows) over its middle axis, every read contiguous
-    # (``reduceat`` along the first axis of the transpose is 20x slower).
+    # (``reduceat`` along the first axis of the transpose is 20x slower). With few rows, each
+    # step of that reduction is short: ``group`` consecutive tokens' rows are reduced as one run
+    # of ``group * rows`` values, then the groups (measured at 16-64 rows of 128256: 1.7-4x faster).
+    n_rows = x.shape[0]
     columns, full = x.T, x.shape[1] // BLOCK
-    out = np.empty(((x.shape[1] + BLOCK - 1) // BLOCK, x.shape[0]), x.dtype)
+    group = 1 << min(4, max(0, (BLOCK // n_rows).bit_length() - 1))  # min(16, BLOCK // rows), a power of 2
+    out = np.empty(((x.shape[1] + BLOCK - 1) // BLOCK, n_rows), x.dtype)
     if full:
-        np.max(columns[: full * BLOCK].reshape(full, BLOCK, x.shape[0]), axis=1, out=out[:full])
+        runs = np.max(columns[: full * BLOCK].reshape(full, BLOCK // group, group * n_rows), axis=1)
+        np.max(runs.reshape(full, group, n_rows), axis=1, out=out[:full])
     if x.shape[1] % BLOCK:
         np.max(columns[full * BLOCK :], axis=0, out=out[full])
     return np.ascontiguousarray(out.T)
