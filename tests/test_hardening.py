@@ -340,6 +340,32 @@ def test_column_major_rows_and_blocks_are_copied_exactly(vocab):
         np.testing.assert_array_equal(pipeline._gather(x, rows, blocks), pipeline._gather(c, rows, blocks))
 
 
+def test_many_column_major_rows_take_their_fine_bounds_from_the_columns(monkeypatch):
+    """From `COLUMN_ROWS` rows, the fine mass bounds of column-major rows read the columns (no
+    copy of the rows); their sums run in another order, and the kept sets and draws are still
+    those of C order."""
+    rng = np.random.default_rng(11)
+    c = (rng.standard_normal((256, 32768)) * 2).astype(np.float32)
+    top = rng.uniform(16, 24, (256, 1))  # LM-like rows: a few spikes above a normal body
+    c[np.arange(256)[:, None], rng.integers(0, 32768, (256, 16))] = top - np.cumsum(
+        rng.exponential(1.0, (256, 16)), axis=1)
+    sizes = []
+    original = pipeline._fine_mass_of_columns
+
+    def fine(x: np.ndarray, rows: np.ndarray, *args: Any) -> np.ndarray:
+        sizes.append(rows.size)
+        return original(x, rows, *args)
+
+    monkeypatch.setattr(pipeline, "_fine_mass_of_columns", fine)
+    for layout in ("fortran", "transposed"):
+        x = LAYOUTS[layout](c)
+        for params in ({"top_p": 0.9}, {"top_p": 0.8, "temperature": 1.3}):
+            for key in (0, smp.Seed(np.arange(256), 2)):
+                np.testing.assert_array_equal(smp.sample(key, x, **params), smp.sample(key, c, **params))
+            np.testing.assert_array_equal(smp.process_logits(x, **params), smp.process_logits(c, **params))
+    assert sizes and min(sizes) >= pipeline.COLUMN_ROWS
+
+
 @pytest.mark.parametrize("layout", ["fortran", "transposed"])
 def test_column_major_logits_are_sampled_in_place(layout):
     """Column-major logits are read where they lie: block maxima over the columns, a copy only of

@@ -117,10 +117,8 @@ def _draw_dense(x: np.ndarray, rows: np.ndarray, block_max: np.ndarray, row_max:
     in_head = uniform[:, 0] * (head_mass + head.high) < head_mass
     unsure = np.flatnonzero(~in_head & (uniform[:, 0] * (head_mass + head.low) < head_mass))
     if unsure.size:
-        source, at = _rows_at_hand(x, rows[unsure])
-        _, high = _outside_mass_fine(source, at, row_max[unsure], temperature[unsure], head.index[unsure],
-                                     head.logit[unsure])
-        del source
+        _, high = _outside_mass_fine(x, rows[unsure], row_max[unsure], temperature[unsure],
+                                     head.index[unsure], head.logit[unsure])
         in_head[unsure] = uniform[unsure, 0] * (head_mass[unsure] + high) < head_mass[unsure]
     ids = np.empty(rows.size, np.int64)
     maybe_tail = np.flatnonzero(~in_head)

@@ -66,6 +66,7 @@ GROWTH = 8  # how much the candidate list grows when a row needs more
 DENSE_HEAD = 16  # blocks in the head of a dense row's mixture draw
 CHUNK = 2**17  # logits per chunk of the row-wise passes that must stay in cache
 WIDE = 4096  # candidate lists wider than this are handled row by row, or by blocks
+COLUMN_ROWS = 64  # from this many column-major rows, the fine bounds read the columns, not a copy
 
 
 def _row_values(value: Any, batch_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -292,7 +293,13 @@ def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, tem
     ``0 <= f < 1``, the float32 whose exponent field is ``n`` and whose mantissa is ``f`` (the
     bits of ``int((z log2(e) + 127) * 2**23)``) equals ``2**n (1 + f)``, and
     ``2**f <= 1 + f <= 1.0615 * 2**f``. A 1e-4 slack covers the rounding of the arithmetic.
+    Many column-major rows are read where they lie (`_fine_mass_of_columns`), a few copied.
     """
+    if _column_major(x) and rows.size >= COLUMN_ROWS:
+        total = _fine_mass_of_columns(x, rows, row_max, temperature, index, logit)
+        low = np.maximum(total * (1 - 1e-4) / 1.0615 - x.shape[1] * 2.0**-126, 0.0)
+        return low, total * (1 + 1e-4)
+    x, rows = _rows_at_hand(x, rows)  # a few column-major rows: a C-order copy of them
     total = np.empty(rows.size)
     scale = (np.log2(np.e) * 2**23 / temperature.astype(np.float64))[:, None].astype(x.dtype)
     chunks = _row_chunks(rows.size, x.shape[1])
@@ -312,6 +319,43 @@ def _outside_mass_fine(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, tem
         total[part] = _without(b.view(np.float32), index[part], logit[part]).sum(axis=-1)
     low = np.maximum(total * (1 - 1e-4) / 1.0615 - x.shape[1] * 2.0**-126, 0.0)
     return low, total * (1 + 1e-4)
+
+
+def _fine_mass_of_columns(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
+                          index: np.ndarray, logit: np.ndarray) -> np.ndarray:
+    """`_outside_mass_fine`'s sum of bit patterns for column-major ``x``, read where it lies.
+
+    Tile by tile of tokens: ``rows`` taken from the transpose's tile along its rows (no copy of
+    the rows), the same element-wise arithmetic, the excluded tokens zeroed, and each tile summed
+    over its tokens in float64. Each tile reads every row's cache lines, so this pays from
+    `COLUMN_ROWS` rows up (measured at 128256 tokens: 64 of 256 rows 22 ms against 24 ms for a
+    copy and the C-order pass, 128 rows 40 against 54 ms; 8 rows 10.7 against 9.5 ms). The order
+    of the sum differs from C order's, which only moves the bounds within their slack: the kept
+    sets and draws, decided by the bounds or by exact masses, are those of C order.
+    """
+    vocab = x.shape[1]
+    scale = (np.log2(np.e) * 2**23 / temperature.astype(np.float64)).astype(x.dtype)
+    # The excluded tokens (row in ``rows``, token id), in token order, to be zeroed tile by tile.
+    inside = logit > -np.inf
+    excluded_row = np.broadcast_to(np.arange(rows.size)[:, None], index.shape)[inside]
+    excluded_id = index[inside]
+    order = np.argsort(excluded_id, kind="stable")
+    excluded_row, excluded_id = excluded_row[order], excluded_id[order]
+    total = np.zeros(rows.size)
+    columns = x.T
+    step = min(max(BLOCK, CHUNK // rows.size), 8192)
+    for start in range(0, vocab, step):
+        w = np.take(columns[start : start + step], rows, axis=1)  # (tokens, rows), C order
+        w -= row_max
+        with np.errstate(over="ignore"):
+            w *= scale
+        w += 127 * 2**23
+        np.maximum(w, 2**23, out=w)
+        bits = w.astype(np.int32).view(np.float32)
+        first, last = np.searchsorted(excluded_id, [start, start + w.shape[0]])
+        bits[excluded_id[first:last] - start, excluded_row[first:last]] = 0
+        total += bits.sum(axis=0, dtype=np.float64)
+    return total
 
 
 def _outside_mass_exact(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,
@@ -531,7 +575,8 @@ def _truncate_rows(x: np.ndarray, rows: np.ndarray, prm: _Rows, block_max: np.nd
             break
         # The block bounds did not settle the nucleus: tighter bounds, then the exact mass.
         redo = np.flatnonzero(ambiguous)
-        source, at = _rows_at_hand(x, rows[redo])
+        # The fine bounds read column-major rows where they lie; the exact masses a C-order copy.
+        source, at = (x, rows[redo]) if outside_mass is _outside_mass_fine else _rows_at_hand(x, rows[redo])
         bounds = outside_mass(source, at, row_max[redo], prm.temperature[redo], head.index[redo],
                               head.logit[redo])
         del source
