@@ -340,12 +340,13 @@ def test_column_major_rows_and_blocks_are_copied_exactly(vocab):
         np.testing.assert_array_equal(pipeline._gather(x, rows, blocks), pipeline._gather(c, rows, blocks))
 
 
-def test_many_column_major_rows_take_their_fine_bounds_from_the_columns(monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # the compute precisions
+def test_many_column_major_rows_take_their_fine_bounds_from_the_columns(monkeypatch, dtype):
     """From `COLUMN_ROWS` rows, the fine mass bounds of column-major rows read the columns (no
     copy of the rows); their sums run in another order, and the kept sets and draws are still
     those of C order."""
     rng = np.random.default_rng(11)
-    c = (rng.standard_normal((256, 32768)) * 2).astype(np.float32)
+    c = (rng.standard_normal((256, 32768)) * 2).astype(dtype)
     top = rng.uniform(16, 24, (256, 1))  # LM-like rows: a few spikes above a normal body
     c[np.arange(256)[:, None], rng.integers(0, 32768, (256, 16))] = top - np.cumsum(
         rng.exponential(1.0, (256, 16)), axis=1)
