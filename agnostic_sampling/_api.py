@@ -172,7 +172,7 @@ def sample(
 
 def _greedy_at_hand(module: Any) -> bool:
     """Whether ``module`` is the NumPy backend (whose `greedy` has no traced form to keep apart)."""
-    return module.__name__ == "agnostic_sampling.backends.numpy"
+    return module is _dispatch.get_backend("numpy")
 
 
 def _only_greedy(keywords: dict[str, Any]) -> bool:
