@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import agnostic_sampling as smp
+from agnostic_sampling.backends import _numpy_mass
 from agnostic_sampling.backends import _numpy_pipeline as pipeline
 from agnostic_sampling.backends import _numpy_rows
 
@@ -102,13 +103,13 @@ def test_no_pass_copies_the_whole_batch_per_chunk(layout, monkeypatch):
     rows, vocab = 64, 16384  # 8 rows per chunk of the row-wise passes
     x = LAYOUTS[layout](_logits(rows, vocab, seed=3))
     chunked = []  # the row-wise chunked passes must run for this test to mean anything
-    original = pipeline._subtract_rows
+    original = _numpy_rows._subtract_rows
 
     def subtract_rows(source: np.ndarray, some: np.ndarray, *args: Any, **kwargs: Any) -> None:
         chunked.append(some.size)
         original(source, some, *args, **kwargs)
 
-    for module in (pipeline, _numpy_rows):  # each binds the name
+    for module in (_numpy_mass, _numpy_rows):  # each binds the name
         monkeypatch.setattr(module, "_subtract_rows", subtract_rows)
     take = _TakeSources(monkeypatch)
     ids, peak = _peak_memory(lambda: smp.sample(0, x))  # dense rows whose mass bounds need a pass
@@ -351,20 +352,20 @@ def test_many_column_major_rows_take_their_fine_bounds_from_the_columns(monkeypa
     c[np.arange(256)[:, None], rng.integers(0, 32768, (256, 16))] = top - np.cumsum(
         rng.exponential(1.0, (256, 16)), axis=1)
     sizes = []
-    original = pipeline._fine_mass_of_columns
+    original = _numpy_mass._fine_mass_of_columns
 
     def fine(x: np.ndarray, rows: np.ndarray, *args: Any) -> np.ndarray:
         sizes.append(rows.size)
         return original(x, rows, *args)
 
-    monkeypatch.setattr(pipeline, "_fine_mass_of_columns", fine)
+    monkeypatch.setattr(_numpy_mass, "_fine_mass_of_columns", fine)
     for layout in ("fortran", "transposed"):
         x = LAYOUTS[layout](c)
         for params in ({"top_p": 0.9}, {"top_p": 0.8, "temperature": 1.3}):
             for key in (0, smp.Seed(np.arange(256), 2)):
                 np.testing.assert_array_equal(smp.sample(key, x, **params), smp.sample(key, c, **params))
             np.testing.assert_array_equal(smp.process_logits(x, **params), smp.process_logits(c, **params))
-    assert sizes and min(sizes) >= pipeline.COLUMN_ROWS
+    assert sizes and min(sizes) >= _numpy_mass.COLUMN_ROWS
 
 
 @pytest.mark.parametrize("layout", ["fortran", "transposed"])

@@ -17,6 +17,7 @@ import agnostic_sampling as smp
 from agnostic_sampling.backends import _numpy_chain
 from agnostic_sampling.backends import _numpy_draw
 from agnostic_sampling.backends import _numpy_logprobs
+from agnostic_sampling.backends import _numpy_mass
 from agnostic_sampling.backends import _numpy_nucleus
 from agnostic_sampling.backends import _numpy_pipeline as pipeline
 from agnostic_sampling.backends import _numpy_rows
@@ -25,7 +26,7 @@ from agnostic_sampling.stats import assert_samples_match
 from agnostic_sampling.stats import reference_probs
 
 # The NumPy backend's modules.
-PARTS = [nb, pipeline, _numpy_rows, _numpy_draw, _numpy_logprobs, _numpy_chain, _numpy_nucleus]
+PARTS = [nb, pipeline, _numpy_rows, _numpy_draw, _numpy_logprobs, _numpy_chain, _numpy_nucleus, _numpy_mass]
 
 
 def patch_backend(monkeypatch: pytest.MonkeyPatch, name: str, value: Any) -> None:

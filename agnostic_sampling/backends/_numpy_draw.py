@@ -10,22 +10,22 @@ from typing import Any
 
 import numpy as np
 
+from agnostic_sampling.backends._numpy_mass import _outside_mass_fine
+from agnostic_sampling.backends._numpy_mass import _without
 from agnostic_sampling.backends._numpy_pipeline import BLOCK
 from agnostic_sampling.backends._numpy_pipeline import DENSE_HEAD
 from agnostic_sampling.backends._numpy_pipeline import WIDE
 from agnostic_sampling.backends._numpy_pipeline import _Candidates
 from agnostic_sampling.backends._numpy_pipeline import _head
 from agnostic_sampling.backends._numpy_pipeline import _Kept
-from agnostic_sampling.backends._numpy_pipeline import _outside_mass_fine
-from agnostic_sampling.backends._numpy_pipeline import _row_chunks
 from agnostic_sampling.backends._numpy_pipeline import _Rows
-from agnostic_sampling.backends._numpy_pipeline import _without
-from agnostic_sampling.backends._numpy_pipeline import tempered_at
+from agnostic_sampling.backends._numpy_rows import _row_chunks
 from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _take_rows
 from agnostic_sampling.backends._numpy_rows import _tempered
 from agnostic_sampling.backends._numpy_rows import _tempered_into
 from agnostic_sampling.backends._numpy_rows import block_sums
+from agnostic_sampling.backends._numpy_rows import tempered_at
 
 
 def _draw_in_token_order(x: np.ndarray, kept: _Kept, prm: _Rows, uniform: np.ndarray) -> np.ndarray:

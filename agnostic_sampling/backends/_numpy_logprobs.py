@@ -20,10 +20,10 @@ from agnostic_sampling.backends._numpy_pipeline import _Candidates
 from agnostic_sampling.backends._numpy_pipeline import _choose_blocks
 from agnostic_sampling.backends._numpy_pipeline import _gather
 from agnostic_sampling.backends._numpy_pipeline import _pipeline
-from agnostic_sampling.backends._numpy_pipeline import _row_chunks
 from agnostic_sampling.backends._numpy_pipeline import _Rows
 from agnostic_sampling.backends._numpy_pipeline import candidates
 from agnostic_sampling.backends._numpy_rows import _compact
+from agnostic_sampling.backends._numpy_rows import _row_chunks
 from agnostic_sampling.backends._numpy_rows import _rows
 from agnostic_sampling.backends._numpy_rows import _shaped_rows
 from agnostic_sampling.backends._numpy_rows import _subtract_rows

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agnostic_sampling.backends._numpy_rows import CHUNK
 from agnostic_sampling.backends._numpy_rows import _compact
 from agnostic_sampling.backends._numpy_rows import _rows_at_hand
 from agnostic_sampling.backends._numpy_rows import _tempered_into
@@ -35,7 +36,6 @@ from agnostic_sampling.backends._numpy_rows import block_sums
 SAMPLE = 4096  # about this many sampled tokens per row
 MIN_STRIDE = 8  # a shorter row is still sampled sparsely: a sample sort costs little beside the row
 SIGMAS = 4.0  # half-width of the bracket in standard errors of the estimated mass
-CHUNK = 2**17  # logits per chunk of rows: the pass's temporaries stay in cache
 
 
 def wide_nucleus(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, temperature: np.ndarray,

@@ -16,6 +16,8 @@ import numpy as np
 from agnostic_sampling._params import SamplingParams
 from agnostic_sampling.backends import _shaping
 
+BLOCK = 256  # logits per block of the block-maximum pass
+CHUNK = 2**17  # logits per chunk of the row-wise passes that must stay in cache
 TILE = 256  # rows and columns of the tiles that copy strided rows to C order
 COLUMN_TILE = 2048  # columns of the tiles that copy a few column-major rows
 MANY_ROWS = 16  # from this many column-major rows, gathered from each tile of columns at once
@@ -39,6 +41,12 @@ def _rows(logits: np.ndarray, columns_ok: bool = False) -> np.ndarray:
     if x.shape[1] > 1 and x.strides[1] != x.itemsize:
         return _c_order(x, dtype)
     return x.astype(dtype, copy=False)
+
+
+def _row_chunks(n_rows: int, vocab: int) -> list[slice]:
+    """Slices of about ``CHUNK`` logits each, whole rows, so that temporaries stay in cache."""
+    step = max(1, CHUNK // vocab)
+    return [slice(start, start + step) for start in range(0, n_rows, step)]
 
 
 def _column_major(x: np.ndarray) -> bool:
@@ -113,6 +121,17 @@ def _tempered_into(out: np.ndarray, x: np.ndarray, rows: np.ndarray, row_max: np
     _subtract_rows(x, rows, row_max, out=out)
     out /= np.where(temperature == 0, 1, temperature).astype(x.dtype)[:, None]
     return out
+
+
+def tempered_at(x: np.ndarray, rows: np.ndarray, ids: np.ndarray, row_max: np.ndarray,
+                temperature: np.ndarray) -> np.ndarray:
+    """The tempered logits of the tokens ``ids`` (R, W) of ``rows`` (R,), by `_tempered`'s arithmetic.
+
+    ``row_max`` and ``temperature`` are those of ``rows``.
+    """
+    z = x[rows[:, None], ids] - row_max[:, None]
+    z /= np.where(temperature == 0, 1, temperature).astype(x.dtype)[:, None]
+    return z
 
 
 def _subtract_rows(x: np.ndarray, rows: np.ndarray, row_max: np.ndarray, out: np.ndarray) -> None:
