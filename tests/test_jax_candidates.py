@@ -212,3 +212,20 @@ def test_a_few_rows_needing_whole_rows_are_computed_alone(chunk_rows: int,
         ids_cand, _ = _run("sample", key, x, params, candidates=True, monkeypatch=monkeypatch)
         ids_rows, _ = _run("sample", key, x, params, candidates=False, monkeypatch=monkeypatch)
         np.testing.assert_array_equal(np.asarray(ids_cand), np.asarray(ids_rows))
+
+
+def test_the_top_p_search_gives_the_same_threshold_whatever_its_guess() -> None:
+    """``below`` only places the first pass's points: a right guess, a guess under the answer,
+    one above it, -inf, 0 and NaN all end on the threshold found with no guess."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((6, V)) * 2).astype(np.float32)
+    z = jnp.asarray(x - x.max(axis=1, keepdims=True))
+    floor = jnp.full((6,), -jnp.inf)
+    top_p = jnp.asarray([0.5, 0.9, 0.99, 0.0, 0.3, 0.999], jnp.float32)
+    skip = jnp.zeros(6, bool)
+    search = jax.jit(lambda below: S._top_p_threshold(z, jnp.exp(z), floor, top_p, skip, below=below))
+    plain = np.asarray(jax.jit(lambda: S._top_p_threshold(z, jnp.exp(z), floor, top_p, skip))())
+    assert len(set(plain.tolist())) == 6  # six different thresholds
+    for below in (plain, plain - 1.5, plain + 0.7, np.full(6, -np.inf), np.zeros(6), np.full(6, np.nan),
+                  np.nextafter(plain, np.float32(-np.inf))):
+        np.testing.assert_array_equal(np.asarray(search(jnp.asarray(below, jnp.float32))), plain)
