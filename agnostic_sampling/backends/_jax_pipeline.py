@@ -200,7 +200,7 @@ def _row_threshold(prep: _Prepared, steps: _Steps, z: jax.Array | None = None) -
         sub = _take_rows(prep, index)
         full = _full_z(sub, steps) if z is None else (z if index is None else z[index])
         weight = jnp.exp(full) if steps.top_p else None
-        below = cand.bound if index is None else cand.bound[index]  # the nucleus passed the candidates
+        below = cand.bound if index is None else cand.bound[index]  # right where the nucleus ran past them
         return _threshold(full, weight, sub.rows, steps, sub.skip | ~active, below)
 
     vocab = prep.raw.shape[1]
