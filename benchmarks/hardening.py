@@ -7,7 +7,8 @@
 - Both backends: `sample` with ``temperature=0`` on every row against `greedy`, at batch 1 and
   64 (goal: as cheap as `greedy`).
 - JAX: the first call (trace and compile) of a jitted `sample` and `probs` with every sampling
-  field traced (goal: at most 2 s).
+  field traced (goal: at most 2 s): the first in the process, then at new batch shapes (what a
+  serving loop meets), split into trace and lowering, XLA's compile and the run.
 - NumPy: `sample` with top-p 0.9 alone, on `harness.realistic_logits` and on `harness.flat_logits`
   (every nucleus ~24,000 tokens), against one `np.max` pass (goal: within 10x), with the peak
   memory it allocates beyond the logits (goal: at most 1x the logits) at batch 1, 64 and 256.
@@ -89,27 +90,52 @@ def _jax_all_greedy(x: np.ndarray, repeat: int) -> None:
           f"({timing.median_ms / timing.paired_median_ms:.2f}x)  (jitted, temperature traced)")
 
 
-def compile_time(vocab: int) -> None:
+def compile_time(vocab: int, shapes: int = 3) -> None:
+    """The first call of a jitted `sample` and `probs`: in a fresh process, then at new batch shapes.
+
+    The first compile in a process also pays XLA's own start-up; a serving loop that meets a new
+    batch shape pays only the trace, lowering and compile of that shape, measured apart on
+    ``shapes`` new shapes (medians).
+    """
     if not harness.installed("jax"):
         return
     import jax
     import jax.numpy as jnp
 
+    def params(batch: int) -> smp.SamplingParams:
+        return smp.SamplingParams(temperature=jnp.full(batch, 0.8), top_k=jnp.full(batch, 50),
+                                  top_p=jnp.full(batch, 0.9), min_p=jnp.full(batch, 0.05),
+                                  min_keep=jnp.ones(batch, jnp.int32))
+
     batch = 64
-    x = jnp.asarray(harness.realistic_logits(batch, vocab))
-    params = smp.SamplingParams(temperature=jnp.full(batch, 0.8), top_k=jnp.full(batch, 50),
-                                top_p=jnp.full(batch, 0.9), min_p=jnp.full(batch, 0.05),
-                                min_keep=jnp.ones(batch, jnp.int32))
-    print(f"\nJAX first call (trace + compile + run) with every field traced, {batch} x {vocab}")
+    print(f"\nJAX first call (trace + compile + run) with every field traced, vocab {vocab}")
     for name, fn in (("sample", lambda p, x: smp.sample(jax.random.key(0), x, params=p)),
                      ("probs", lambda p, x: smp.probs(x, params=p))):
         jitted = jax.jit(fn)
+        x = jnp.asarray(harness.realistic_logits(batch, vocab))
         start = time.perf_counter()
-        jax.block_until_ready(jitted(params, x))
+        jax.block_until_ready(jitted(params(batch), x))
         first = time.perf_counter() - start
         start = time.perf_counter()
-        jax.block_until_ready(jitted(params, x))
-        print(f"  {name:6s} first call {first:5.2f} s, second {1e3 * (time.perf_counter() - start):6.1f} ms")
+        jax.block_until_ready(jitted(params(batch), x))
+        second = 1e3 * (time.perf_counter() - start)
+        lowering, compiling, running = [], [], []
+        for new in range(batch + 1, batch + 1 + shapes):  # shapes this process has not compiled
+            p, x = params(new), jnp.asarray(harness.realistic_logits(new, vocab))
+            start = time.perf_counter()
+            lowered = jitted.lower(p, x)
+            lowering.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            compiled = lowered.compile()
+            compiling.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(p, x))
+            running.append(time.perf_counter() - start)
+        calls = np.add(np.add(lowering, compiling), running)
+        print(f"  {name:6s} batch {batch}: first call in the process {first:5.2f} s, second {second:6.1f} ms")
+        print(f"  {name:6s} a new batch shape ({batch + 1}..{batch + shapes}), medians: first call "
+              f"{np.median(calls):5.2f} s = trace and lowering {np.median(lowering):4.2f} s "
+              f"+ XLA compile {np.median(compiling):4.2f} s + run {1e3 * np.median(running):4.1f} ms")
 
 
 def top_p(vocab: int, repeat: int) -> None:
