@@ -134,7 +134,7 @@ def compile_time(vocab: int, shapes: int = 3) -> None:
         calls = np.add(np.add(lowering, compiling), running)
         print(f"  {name:6s} batch {batch}: first call in the process {first:5.2f} s, second {second:6.1f} ms")
         print(f"  {name:6s} a new batch shape ({batch + 1}..{batch + shapes}), medians: first call "
-              f"{np.median(calls):5.2f} s = trace and lowering {np.median(lowering):4.2f} s "
+              f"{np.median(calls):5.2f} s; its parts: trace and lowering {np.median(lowering):4.2f} s "
               f"+ XLA compile {np.median(compiling):4.2f} s + run {1e3 * np.median(running):4.1f} ms")
 
 

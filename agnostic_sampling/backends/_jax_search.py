@@ -171,9 +171,9 @@ def _top_p_threshold(z: jax.Array, weight: jax.Array, floor: jax.Array, top_p: j
     0`` keeps the top token(s).
 
     ``below`` (N,), when given, is a value the answer is expected to lie at or below (the candidates'
-    bound, when they did not hold the nucleus): the first pass tests it and three points under it, so
-    a right guess leaves a quarter of the span below it (the keys between it and 0, most of the span,
-    are dropped at once: about 2 of 13 passes on flat rows) and a wrong one costs one pass.
+    bound, when they did not hold the nucleus): the first pass tests it and ``probes - 1`` points
+    evenly under it, so a right guess drops at once the keys between it and 0, most of the span
+    (about 2 of 13 passes on flat rows), and a wrong one costs one pass.
     """
     dtype = z.dtype
     if total is None:
